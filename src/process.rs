@@ -1,0 +1,395 @@
+//! The subprocess protocol: how a job runs a command so that it can always be stopped.
+//!
+//! * Every command gets its own process group and a closed stdin; two threads drain
+//!   stdout and stderr line by line to the job's log sink, keeping all of stdout and
+//!   a bounded tail of stderr.
+//! * "Finished" means the child exited, never that its pipes closed: a leftover
+//!   grandchild can hold a pipe open for ever.
+//! * The exit is awaited without polling: `poll([pidfd, cancel eventfd], deadline)` on
+//!   Linux, a `waitid(WNOWAIT)` thread and a channel select elsewhere. Either way the
+//!   exit is *observed* without reaping, and only this thread signals and reaps the
+//!   child, so a signal never reaches a recycled pid.
+//! * Cancel or timeout: the descendants are listed, the group gets SIGTERM (Nix then
+//!   stops its own builders), and after the grace period the tree is listed again and
+//!   every descendant still alive, and the group, get SIGKILL. Nix builders call
+//!   `setsid`, so a group kill alone would leave them running; a builder whose parent
+//!   died is re-parented and lost, hence the listing before the first signal.
+//! * Leftovers of the group are killed before the leader is reaped, so the group id
+//!   cannot have been recycled.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver};
+use rustix::process::{Pid, Signal};
+
+use crate::error::JobError;
+use crate::exec::{JobContext, LogSink, Stream, WaitStrategy};
+
+/// How much of a failing command's stderr ends up in its error message.
+pub const STDERR_TAIL_BYTES: usize = 4096;
+const STDOUT_LIMIT: usize = 64 << 20;
+/// How long to wait for the pipes to close once the child is gone; past it the
+/// holder of the pipe is some process outside our reach and the readers are left.
+const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+enum Ending {
+    Exited,
+    Cancelled,
+    TimedOut,
+}
+
+pub(crate) fn run(mut cmd: Command, ctx: &JobContext) -> Result<CommandOutput, JobError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(ctx.cancel.error());
+    }
+    if Instant::now() >= ctx.deadline {
+        return Err(JobError::TimedOut(ctx.timeout));
+    }
+    let description = describe(&cmd);
+    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| JobError::Failed(format!("cannot start `{description}`: {e}")))?;
+    log::debug!("started `{description}` as pid {}", child.id());
+    let readers = Readers::start(&mut child, &ctx.logs);
+    let mut waiter = Waiter::new(&child, ctx.options.wait);
+    let ending = waiter.wait(ctx);
+    if !matches!(ending, Ending::Exited) {
+        terminate(&child, &mut waiter, ctx.options.kill_grace);
+    }
+    let pgid = pid_of(&child);
+    // Leftovers of the group; the leader is a zombie at most, so the id is still ours.
+    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+    let status = child.wait().map_err(|e| JobError::Failed(format!("cannot reap `{description}`: {e}")))?;
+    let (stdout, stderr_tail) = readers.finish(&description);
+    match ending {
+        Ending::Cancelled => Err(ctx.cancel.error()),
+        Ending::TimedOut => Err(JobError::TimedOut(ctx.timeout)),
+        Ending::Exited if status.success() => Ok(CommandOutput { stdout, stderr_tail }),
+        Ending::Exited => Err(JobError::Failed(failure_message(&description, status, &stderr_tail))),
+    }
+}
+
+use crate::exec::CommandOutput;
+
+fn failure_message(description: &str, status: ExitStatus, stderr_tail: &str) -> String {
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => format!("ended with {status}"),
+    };
+    let tail = stderr_tail.trim_end();
+    if tail.is_empty() {
+        format!("`{description}` {how}")
+    } else {
+        format!("`{description}` {how}:\n{tail}")
+    }
+}
+
+/// The command line as a person would type it, shortened to stay readable in errors.
+fn describe(cmd: &Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| {
+        let a = a.to_string_lossy();
+        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,%^#".contains(c)) {
+            a.into_owned()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    }));
+    let line = words.join(" ");
+    if line.chars().count() > 300 {
+        format!("{}…", line.chars().take(300).collect::<String>())
+    } else {
+        line
+    }
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
+}
+
+/// SIGTERM to the group, grace, SIGKILL to the group and every descendant.
+fn terminate(child: &Child, waiter: &mut Waiter, grace: Duration) {
+    let leader = pid_of(child);
+    let mut known = descendants(&[leader.as_raw_nonzero().get()].into_iter().map(|p| (p, start_time(p))).collect());
+    log::debug!("terminating pid {leader} and {} descendants", known.len());
+    let _ = rustix::process::kill_process_group(leader, Signal::TERM);
+    if waiter.wait_exit(Some(grace)) {
+        // The leader is gone; its descendants may not be (setsid builders).
+        known = descendants(&known).union(&known).copied().collect();
+    } else {
+        let mut roots = known.clone();
+        roots.insert((leader.as_raw_nonzero().get(), start_time(leader.as_raw_nonzero().get())));
+        known = descendants(&roots).union(&known).copied().collect();
+    }
+    for &(pid, started) in &known {
+        if start_time(pid) == started {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+    let _ = rustix::process::kill_process_group(leader, Signal::KILL);
+    waiter.wait_exit(None);
+}
+
+type ProcId = (i32, Option<u64>);
+
+/// Every process below `roots` (not including them unless they are below another
+/// root), with its start time so that a recycled pid is never mistaken for it.
+fn descendants(roots: &HashSet<ProcId>) -> HashSet<ProcId> {
+    let table = process_table();
+    let mut found = HashSet::new();
+    let mut queue: VecDeque<i32> = roots.iter().map(|&(pid, _)| pid).collect();
+    while let Some(parent) = queue.pop_front() {
+        for &(pid, ppid, started) in &table {
+            if ppid == parent && found.insert((pid, Some(started))) {
+                queue.push_back(pid);
+            }
+        }
+    }
+    found
+}
+
+/// `(pid, ppid, start time)` of every process, from /proc.
+fn process_table() -> Vec<(i32, i32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let (ppid, started) = stat_fields(pid)?;
+        Some((pid, ppid, started))
+    })
+    .collect()
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid).map(|(_, started)| started)
+}
+
+/// `(ppid, starttime)` from `/proc/PID/stat`; the command name may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn stat_fields(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, starttime field 22.
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Observes the child's exit without reaping it.
+enum Waiter {
+    Pidfd(rustix::fd::OwnedFd, bool),
+    Thread(Receiver<()>, bool),
+}
+
+impl Waiter {
+    fn new(child: &Child, strategy: WaitStrategy) -> Waiter {
+        let pid = pid_of(child);
+        if strategy == WaitStrategy::Pidfd {
+            match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+                Ok(fd) => return Waiter::Pidfd(fd, false),
+                Err(e) => log::debug!("pidfd_open failed ({e}); using the portable wait"),
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("genbuild-waitid".into())
+            .spawn(move || {
+                let options = rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT;
+                while let Err(rustix::io::Errno::INTR) =
+                    rustix::process::waitid(rustix::process::WaitId::Pid(pid), options)
+                {}
+                let _ = tx.send(());
+            })
+            .expect("cannot start a waiter thread");
+        Waiter::Thread(rx, false)
+    }
+
+    /// Until the child exits, the job is cancelled or its deadline passes.
+    fn wait(&mut self, ctx: &JobContext) -> Ending {
+        loop {
+            let now = Instant::now();
+            if ctx.cancel.is_cancelled() {
+                return Ending::Cancelled;
+            }
+            if now >= ctx.deadline {
+                return Ending::TimedOut;
+            }
+            let remaining = ctx.deadline - now;
+            match self {
+                Waiter::Pidfd(pidfd, exited) => {
+                    use rustix::event::{PollFd, PollFlags};
+                    let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
+                    if let Some(eventfd) = ctx.cancel.eventfd() {
+                        fds.push(PollFd::new(eventfd, PollFlags::IN));
+                    }
+                    match rustix::event::poll(&mut fds, Some(&timespec(remaining))) {
+                        Ok(_) if !fds[0].revents().is_empty() => {
+                            *exited = true;
+                            return Ending::Exited;
+                        }
+                        // Cancelled, timed out or interrupted: the checks above decide.
+                        _ => continue,
+                    }
+                }
+                Waiter::Thread(rx, exited) => {
+                    select! {
+                        recv(rx) -> _ => {
+                            *exited = true;
+                            return Ending::Exited;
+                        }
+                        recv(ctx.cancel.woken()) -> _ => continue,
+                        default(remaining) => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the child exited within `limit` (`None`: no limit).
+    fn wait_exit(&mut self, limit: Option<Duration>) -> bool {
+        let deadline = limit.map(|l| Instant::now() + l);
+        match self {
+            Waiter::Pidfd(_, true) | Waiter::Thread(_, true) => true,
+            Waiter::Pidfd(pidfd, exited) => loop {
+                use rustix::event::{PollFd, PollFlags};
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                let timeout = deadline.map(|d| timespec(d.saturating_duration_since(Instant::now())));
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(_) if !fds[0].revents().is_empty() => {
+                        *exited = true;
+                        return true;
+                    }
+                    Err(rustix::io::Errno::INTR) => continue,
+                    _ if deadline.is_some_and(|d| Instant::now() >= d) => return false,
+                    _ => continue,
+                }
+            },
+            Waiter::Thread(rx, exited) => {
+                let got = match deadline {
+                    Some(d) => rx.recv_deadline(d).is_ok(),
+                    None => rx.recv().is_ok(),
+                };
+                *exited = got;
+                got
+            }
+        }
+    }
+}
+
+fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos() as _ }
+}
+
+/// The two threads draining a child's pipes.
+struct Readers {
+    done: Receiver<(Stream, String)>,
+}
+
+impl Readers {
+    fn start(child: &mut Child, logs: &LogSink) -> Readers {
+        let (tx, done) = crossbeam_channel::bounded(2);
+        let pipes: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
+            (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        ];
+        for (stream, pipe) in pipes {
+            let Some(pipe) = pipe else { continue };
+            let (tx, logs) = (tx.clone(), logs.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("genbuild-{stream:?}").to_lowercase())
+                .spawn(move || {
+                    let kept = drain(pipe, stream, &logs);
+                    let _ = tx.send((stream, kept));
+                });
+            if let Err(e) = spawned {
+                log::error!("cannot start a pipe reader: {e}");
+            }
+        }
+        Readers { done }
+    }
+
+    /// Stdout and the stderr tail, once both pipes closed (or after a short grace).
+    fn finish(self, description: &str) -> (String, String) {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let deadline = Instant::now() + PIPE_DRAIN_GRACE;
+        for _ in 0..2 {
+            match self.done.recv_deadline(deadline) {
+                Ok((Stream::Stdout, s)) => stdout = s,
+                Ok((Stream::Stderr, s)) => stderr = s,
+                Err(_) => {
+                    log::warn!("`{description}` exited but a process outside its group holds its output open");
+                    break;
+                }
+            }
+        }
+        (stdout, stderr)
+    }
+}
+
+/// Reads `pipe` to its end, line by line. Keeps all of stdout (bounded) and the tail
+/// of stderr.
+fn drain(pipe: Box<dyn Read + Send>, stream: Stream, logs: &LogSink) -> String {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    let mut kept = String::new();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut tail_bytes = 0;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        logs(stream, text);
+        match stream {
+            Stream::Stdout if kept.len() + line.len() <= STDOUT_LIMIT => kept.push_str(&String::from_utf8_lossy(&line)),
+            Stream::Stdout => {}
+            Stream::Stderr => {
+                let text: String = text.chars().take(STDERR_TAIL_BYTES).collect();
+                tail_bytes += text.len() + 1;
+                tail.push_back(text);
+                while tail_bytes > STDERR_TAIL_BYTES && tail.len() > 1 {
+                    tail_bytes -= tail.pop_front().map_or(0, |l| l.len() + 1);
+                }
+            }
+        }
+    }
+    if stream == Stream::Stderr {
+        kept = tail.into_iter().collect::<Vec<_>>().join("\n");
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        let me = std::process::id() as i32;
+        let (ppid, _) = stat_fields(me).expect("own stat");
+        assert_eq!(ppid, rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()));
+    }
+
+    #[test]
+    fn describe_quotes_what_a_shell_would_split() {
+        let mut cmd = Command::new("nix-instantiate");
+        cmd.args(["--eval", "a b", "it's"]);
+        assert_eq!(describe(&cmd), r"nix-instantiate --eval 'a b' 'it'\''s'");
+    }
+
+    #[test]
+    fn failure_message_names_command_status_and_tail() {
+        let status = ExitStatus::from_raw(1 << 8);
+        assert_eq!(failure_message("false", status, "oops\n"), "`false` exited with status 1:\noops");
+        assert_eq!(failure_message("x", ExitStatus::from_raw(9), ""), "`x` killed by signal 9");
+    }
+}
