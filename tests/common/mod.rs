@@ -1,0 +1,179 @@
+//! Helpers shared by the integration tests: an executor made of shell commands, and
+//! the checks that nothing a test started is left behind.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use genbuild::{
+    proto, Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, Store,
+};
+use parking_lot::Mutex;
+
+/// Bound on any wait that only guards against hangs.
+pub const HANG: Duration = Duration::from_secs(20);
+
+/// A marker unique to one test, put in its commands' argument lists so that its
+/// processes can be found in /proc.
+pub fn nonce() -> String {
+    format!("{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000)
+}
+
+/// A `sleep` of about 300 s whose command line carries `nonce`.
+pub fn long_sleep(nonce: &str) -> String {
+    format!("sleep 300.{nonce}")
+}
+
+/// An executor whose evaluation and build run `sh -c SCRIPT`; `None` succeeds at once.
+pub struct ShellExecutor {
+    pub eval_script: Mutex<Option<String>>,
+    pub build_script: Mutex<Option<String>>,
+    pub output: EvalOutput,
+    pub valid: Mutex<HashSet<String>>,
+    pub panic_in_eval: bool,
+}
+
+impl ShellExecutor {
+    pub fn new() -> Self {
+        ShellExecutor {
+            eval_script: Mutex::new(None),
+            build_script: Mutex::new(None),
+            output: EvalOutput {
+                drv_path: "/nix/store/aaaa-test.drv".into(),
+                out_path: "/nix/store/aaaa-test".into(),
+                machine_id: String::new(),
+            },
+            valid: Mutex::new(HashSet::new()),
+            panic_in_eval: false,
+        }
+    }
+
+    pub fn eval_runs(self, script: impl Into<String>) -> Self {
+        *self.eval_script.lock() = Some(script.into());
+        self
+    }
+
+    pub fn build_runs(self, script: impl Into<String>) -> Self {
+        *self.build_script.lock() = Some(script.into());
+        self
+    }
+
+    fn run(script: &Option<String>, ctx: &JobContext) -> Result<(), JobError> {
+        match script {
+            Some(script) => ctx.run(sh(script)).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn sh(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+impl Executor for ShellExecutor {
+    fn eval(&self, _req: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError> {
+        if self.panic_in_eval {
+            panic!("the executor exploded");
+        }
+        let script = self.eval_script.lock().clone();
+        Self::run(&script, ctx).map(|()| self.output.clone())
+    }
+
+    fn build(&self, _drv_path: &str, ctx: &JobContext) -> Result<(), JobError> {
+        let script = self.build_script.lock().clone();
+        Self::run(&script, ctx)?;
+        self.valid.lock().insert(self.output.out_path.clone());
+        Ok(())
+    }
+
+    fn is_store_path_valid(&self, path: &str) -> bool {
+        self.valid.lock().contains(path)
+    }
+}
+
+pub fn config() -> BuilderConfig {
+    let mut config = BuilderConfig::new("host1", "/nonexistent/repo");
+    config.process.kill_grace = Duration::from_millis(500);
+    config
+}
+
+pub fn builder(executor: ShellExecutor) -> (Builder, Arc<Store>, Arc<ShellExecutor>) {
+    builder_with(config(), executor)
+}
+
+pub fn builder_with(config: BuilderConfig, executor: ShellExecutor) -> (Builder, Arc<Store>, Arc<ShellExecutor>) {
+    let store = Arc::new(Store::new());
+    let executor = Arc::new(executor);
+    (Builder::new(config, store.clone(), executor.clone()), store, executor)
+}
+
+pub fn rs(commit: &str) -> proto::RepositoryStatus {
+    proto::RepositoryStatus {
+        selected_commit_id: commit.into(),
+        selected_branch_name: "main".into(),
+        ..Default::default()
+    }
+}
+
+pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
+    rx.recv_timeout(HANG).unwrap_or_else(|_| panic!("no {what} within {HANG:?}"))
+}
+
+pub fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>, what: &str) {
+    assert!(rx.is_empty(), "unexpected {what}: {:?}", rx.try_recv());
+}
+
+/// Pids of live (non-zombie) processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
+        })
+        .collect()
+}
+
+/// Fails if a process carrying `marker` is alive. Processes killed a moment ago may
+/// still be exiting (their parent not reaped them yet), hence the short bound.
+pub fn assert_no_process(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left alive with {marker}: {left:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// The number of threads of this process.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Waits until the thread count drops to `at_most` (threads that returned are not
+/// gone from /proc until the kernel reaps them).
+pub fn assert_threads_at_most(at_most: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while thread_count() > at_most {
+        assert!(Instant::now() < deadline, "{} threads alive, expected at most {at_most}", thread_count());
+        std::thread::yield_now();
+    }
+}
+
+/// The generation `uuid` as the store has it.
+pub fn generation(store: &Store, uuid: &str) -> proto::Generation {
+    store.generation(uuid).unwrap_or_else(|| panic!("no generation {uuid} in the store"))
+}
