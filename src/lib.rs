@@ -15,13 +15,14 @@
 mod builder;
 mod error;
 mod exec;
+pub mod ffi;
 pub mod executor;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod machine;
 mod process;
 pub mod proto;
-mod store;
+pub mod store;
 
 pub use builder::{Builder, BuilderConfig, BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD};
 pub use error::{CancelReason, Error, JobError};

@@ -302,13 +302,13 @@ impl Machine {
         if !self.suspended {
             return Step::Done;
         }
-        let cancelled = self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build);
-        if cancelled.is_some() {
-            if let Some(current) = &mut self.current {
-                current.build_wanted = true;
-            }
+        // A build already cancelled (by a stop) is not one the suspend takes over.
+        let takes_over = self.running.as_ref().is_some_and(|r| r.kind == JobKind::Build && r.cancelled.is_none());
+        let step = self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build);
+        if let (true, Some(current)) = (takes_over, &mut self.current) {
+            current.build_wanted = true;
         }
-        cancelled.unwrap_or(Step::Done)
+        step.unwrap_or(Step::Done)
     }
 
     // ---- inputs ----
@@ -410,5 +410,327 @@ impl Machine {
         let reason = BuildReason::NeedBuild;
         self.actions.push_back(Action::Record(Record::BuildStarted { uuid: uuid.clone(), reason }));
         self.actions.push_back(Action::StartBuild { job, uuid, drv_path });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> EvalOutput {
+        EvalOutput { drv_path: "/nix/store/x.drv".into(), out_path: "/nix/store/x".into(), machine_id: String::new() }
+    }
+
+    fn drain(m: &mut Machine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn started_job(actions: &[Action]) -> JobId {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::StartEval { job, .. } | Action::StartBuild { job, .. } => Some(*job),
+                _ => None,
+            })
+            .expect("a job was started")
+    }
+
+    /// A machine whose generation "g1" is evaluated (not built).
+    fn evaluated() -> Machine {
+        let mut m = Machine::new();
+        assert_eq!(m.eval("g1"), Step::Done);
+        let job = started_job(&drain(&mut m));
+        assert!(m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: false }));
+        drain(&mut m);
+        m
+    }
+
+    /// `evaluated()` with a build of it running; returns the build's job.
+    fn building() -> (Machine, JobId) {
+        let mut m = evaluated();
+        m.submit_build("g1", None).unwrap();
+        let job = started_job(&drain(&mut m));
+        (m, job)
+    }
+
+    fn record(uuid: &str, result: Result<(), String>) -> Action {
+        Action::Record(Record::BuildFinished { uuid: uuid.into(), result })
+    }
+
+    #[test]
+    fn eval_records_then_starts_and_marks_evaluating() {
+        let mut m = Machine::new();
+        assert_eq!(m.eval("g1"), Step::Done);
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::EvalStarted { uuid: "g1".into() }),
+                Action::StartEval { job: JobId(1), uuid: "g1".into() }
+            ]
+        );
+        assert!(m.is_evaluating() && !m.is_building());
+        assert_eq!(m.generation_uuid(), Some("g1"));
+    }
+
+    #[test]
+    fn successful_eval_records_and_notifies_evaluation_done() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        let job = started_job(&drain(&mut m));
+        m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: false });
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok(output()) }),
+                Action::Notify(Notification::EvaluationDone("g1".into())),
+            ]
+        );
+        assert!(!m.is_evaluating());
+    }
+
+    #[test]
+    fn an_output_already_valid_is_recorded_built_and_notified_on_build_done() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        let job = started_job(&drain(&mut m));
+        m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: true });
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok(output()) }),
+                Action::Record(Record::BuildStarted { uuid: "g1".into(), reason: BuildReason::AlreadyBuilt }),
+                record("g1", Ok(())),
+                Action::Notify(Notification::BuildDone("g1".into())),
+            ]
+        );
+        assert_eq!(m.submit_build("g1", None), Err(Error::AlreadyBuilt));
+    }
+
+    #[test]
+    fn failed_eval_records_the_error_and_notifies_evaluation_done() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        let job = started_job(&drain(&mut m));
+        m.handle_finished(job, Outcome::Failed(JobError::TimedOut(std::time::Duration::from_secs(2))));
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err("timed out after 2s".into()) }),
+                Action::Notify(Notification::EvaluationDone("g1".into())),
+            ]
+        );
+        assert_eq!(m.submit_build("g1", None), Err(Error::NotEvaluated));
+    }
+
+    #[test]
+    fn eval_while_a_job_runs_cancels_it_once_and_waits() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        let job = started_job(&drain(&mut m));
+        assert_eq!(m.eval("g2"), Step::WaitFor(job));
+        let superseded = CancelReason::Superseded("g2".into());
+        assert_eq!(drain(&mut m), [Action::Cancel { job, reason: superseded }]);
+        assert_eq!(m.eval("g3"), Step::WaitFor(job), "a second eval waits for the same job");
+        assert_eq!(drain(&mut m), [], "and does not cancel it again");
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        let err = "cancelled: superseded by generation g2".to_string();
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err) }),
+                Action::Notify(Notification::EvaluationDone("g1".into())),
+            ]
+        );
+        assert_eq!(m.eval("g3"), Step::Done);
+        assert_eq!(m.generation_uuid(), Some("g3"));
+    }
+
+    #[test]
+    fn eval_preempts_a_build() {
+        let (mut m, job) = building();
+        assert_eq!(m.eval("g2"), Step::WaitFor(job));
+        assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Superseded("g2".into()) }]);
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        let err = "cancelled: superseded by generation g2".to_string();
+        assert_eq!(drain(&mut m), [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]);
+    }
+
+    #[test]
+    fn submit_build_starts_a_build_of_the_evaluated_generation() {
+        let mut m = evaluated();
+        m.submit_build("g1", None).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::BuildStarted { uuid: "g1".into(), reason: BuildReason::NeedBuild }),
+                Action::StartBuild { job: JobId(2), uuid: "g1".into(), drv_path: "/nix/store/x.drv".into() },
+            ]
+        );
+        assert!(m.is_building());
+        m.handle_finished(JobId(2), Outcome::Built);
+        assert_eq!(drain(&mut m), [record("g1", Ok(())), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert_eq!(m.submit_build("g1", None).unwrap_err().to_string(), "the generation is already built");
+    }
+
+    #[test]
+    fn submit_build_errors_in_order_with_their_messages() {
+        let mut m = Machine::new();
+        let msg = |r: Result<(), Error>| r.unwrap_err().to_string();
+        assert_eq!(msg(m.submit_build("u", None)), "no generation with uuid u has been found");
+        let _ = m.eval("g1");
+        drain(&mut m);
+        assert_eq!(msg(m.submit_build("other", None)), "another generation is evaluating or evaluated");
+        assert_eq!(msg(m.submit_build("g1", None)), "the generation is not evaluated");
+        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), out_path_valid: false });
+        m.submit_build("g1", None).unwrap();
+        assert_eq!(msg(m.submit_build("g1", None)), "the builder is already building");
+        m.handle_finished(JobId(2), Outcome::Built);
+        assert_eq!(msg(m.submit_build("g1", None)), "the generation is already built");
+    }
+
+    #[test]
+    fn a_stored_generation_becomes_current_when_submitted() {
+        let mut m = Machine::new();
+        let view = |eval, build| Some(GenerationView { eval, build, drv_path: "/nix/store/s.drv".into() });
+        assert_eq!(m.submit_build("s", view(EvalStatus::Failed, BuildStatus::Initialized)), Err(Error::NotEvaluated));
+        assert_eq!(m.submit_build("s", view(EvalStatus::Evaluated, BuildStatus::Built)), Err(Error::AlreadyBuilt));
+        assert_eq!(m.generation_uuid(), None, "a refused submission changes nothing");
+        m.submit_build("s", view(EvalStatus::Evaluated, BuildStatus::Failed)).unwrap();
+        assert_eq!(m.generation_uuid(), Some("s"));
+        assert!(drain(&mut m).contains(&Action::StartBuild {
+            job: JobId(1),
+            uuid: "s".into(),
+            drv_path: "/nix/store/s.drv".into()
+        }));
+    }
+
+    #[test]
+    fn a_failed_build_can_be_submitted_again() {
+        let (mut m, job) = building();
+        m.handle_finished(job, Outcome::Failed(JobError::Failed("boom".into())));
+        assert_eq!(drain(&mut m), [record("g1", Err("boom".into())), Action::Notify(Notification::BuildDone("g1".into()))]);
+        m.submit_build("g1", None).unwrap();
+        assert!(m.is_building());
+    }
+
+    #[test]
+    fn suspend_twice_and_resume_unsuspended_are_refused() {
+        let mut m = Machine::new();
+        assert_eq!(m.resume().unwrap_err().to_string(), "the builder is not suspended");
+        assert_eq!(m.suspend(), Ok(Step::Done));
+        assert_eq!(m.suspend().unwrap_err().to_string(), "the builder is already suspended");
+        assert!(m.is_suspended());
+        m.resume().unwrap();
+        assert!(!m.is_suspended());
+    }
+
+    #[test]
+    fn a_build_submitted_while_suspended_waits_for_resume() {
+        let mut m = evaluated();
+        let _ = m.suspend().unwrap();
+        m.submit_build("g1", None).unwrap();
+        assert_eq!(drain(&mut m), []);
+        assert!(m.is_build_wanted() && !m.is_building());
+        m.resume().unwrap();
+        assert!(m.is_building());
+    }
+
+    #[test]
+    fn suspend_lets_an_evaluation_run_and_resume_builds_nothing_unsubmitted() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        drain(&mut m);
+        assert_eq!(m.suspend(), Ok(Step::Done));
+        assert_eq!(drain(&mut m), [], "the evaluation is not cancelled");
+        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), out_path_valid: false });
+        drain(&mut m);
+        m.resume().unwrap();
+        assert_eq!(drain(&mut m), []);
+        assert!(!m.is_building());
+    }
+
+    #[test]
+    fn suspend_cancels_a_build_which_resume_starts_again() {
+        let (mut m, job) = building();
+        assert_eq!(m.suspend(), Ok(Step::WaitFor(job)));
+        assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Suspended }]);
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        let err = "cancelled: suspended".to_string();
+        assert_eq!(drain(&mut m), [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert!(!m.is_building(), "not restarted while suspended");
+        assert_eq!(m.wait_for_build_cancelled_by_suspend(), Step::Done);
+        m.resume().unwrap();
+        assert!(matches!(drain(&mut m).last(), Some(Action::StartBuild { .. })));
+    }
+
+    #[test]
+    fn resume_before_the_cancelled_build_ended_restarts_it_when_it_ends() {
+        let (mut m, job) = building();
+        let _ = m.suspend().unwrap();
+        m.resume().unwrap();
+        drain(&mut m);
+        assert!(m.is_building(), "the cancelled job still runs");
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        assert!(matches!(drain(&mut m).last(), Some(Action::StartBuild { .. })));
+    }
+
+    #[test]
+    fn stop_cancels_whatever_runs_and_forgets_wanted_builds() {
+        let (mut m, job) = building();
+        assert_eq!(m.stop(), Step::WaitFor(job));
+        assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Stopped }]);
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        assert_eq!(
+            drain(&mut m),
+            [record("g1", Err("cancelled: stopped".into())), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
+        assert_eq!(m.stop(), Step::Done, "stop twice is harmless");
+        let (mut m, job) = building();
+        let _ = m.stop();
+        assert_eq!(m.suspend(), Ok(Step::WaitFor(job)), "suspend during a stop waits for it");
+        m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        m.resume().unwrap();
+        assert!(!m.is_building(), "but does not revive the stopped build");
+        let mut m = evaluated();
+        let _ = m.suspend().unwrap();
+        m.submit_build("g1", None).unwrap();
+        assert_eq!(m.stop(), Step::Done);
+        m.resume().unwrap();
+        assert!(!m.is_building(), "a stop forgets the build submitted while suspended");
+        assert_eq!(m.eval("g2"), Step::Done, "the machine stays usable");
+    }
+
+    #[test]
+    fn stale_and_duplicate_completions_are_ignored() {
+        let (mut m, job) = building();
+        assert!(!m.handle_finished(JobId(99), Outcome::Built));
+        assert!(!m.handle_finished(JobId(1), Outcome::Built), "the evaluation already ended");
+        assert_eq!(drain(&mut m), []);
+        assert!(m.handle_finished(job, Outcome::Built));
+        assert!(!m.handle_finished(job, Outcome::Built));
+        assert_eq!(drain(&mut m).len(), 2);
+    }
+
+    #[test]
+    fn a_completion_of_the_wrong_kind_fails_the_job() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        drain(&mut m);
+        m.handle_finished(JobId(1), Outcome::Built);
+        match &drain(&mut m)[..] {
+            [Action::Record(Record::EvalFinished { result: Err(e), .. }), Action::Notify(_)] => {
+                assert!(e.starts_with("internal error"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_uncancelled_job_reporting_cancelled_says_just_cancelled() {
+        let mut m = Machine::new();
+        let _ = m.eval("g1");
+        drain(&mut m);
+        m.handle_finished(JobId(1), Outcome::Failed(JobError::Cancelled(None)));
+        assert!(matches!(&drain(&mut m)[0], Action::Record(Record::EvalFinished { result: Err(e), .. }) if e == "cancelled"));
     }
 }
