@@ -201,7 +201,11 @@ where
 /// use genbuild::{Exec, JobContext, JobError};
 ///
 /// let mut exec = Exec::new(
-///     |ctx: &JobContext| ctx.run(Command::new("sleep").arg("30")).map(drop),
+///     |ctx: &JobContext| {
+///         let mut sleep = Command::new("sleep");
+///         sleep.arg("30");
+///         ctx.run(sleep).map(drop)
+///     },
 ///     Duration::from_millis(100),
 /// );
 /// exec.start();
