@@ -388,7 +388,8 @@ impl Shared {
                 (uuid, |g| event::Kind::BuildFinished(proto::BuildFinished { generation: Some(g) }))
             }
         };
-        let generation = store.generation(&uuid).unwrap_or_else(|| proto::Generation { uuid, ..Default::default() });
+        let generation =
+            store.generation(&uuid).unwrap_or_else(|| proto::Generation { uuid, ..Default::default() });
         self.subscribers.broadcast(kind(generation));
     }
 

@@ -254,9 +254,8 @@ impl Exec {
     pub fn start(&mut self) {
         let Some(mut runnable) = self.runnable.take() else { return };
         let ctx = JobContext::new(self.timeout, self.cancel.clone(), self.logs.clone(), self.options);
-        let spawned = std::thread::Builder::new()
-            .name("genbuild-job".into())
-            .spawn(move || runnable.run(&ctx));
+        let spawned =
+            std::thread::Builder::new().name("genbuild-job".into()).spawn(move || runnable.run(&ctx));
         match spawned {
             Ok(thread) => self.thread = Some(thread),
             Err(e) => self.result = Some(Err(JobError::Failed(format!("cannot start a job thread: {e}")))),

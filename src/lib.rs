@@ -15,8 +15,8 @@
 mod builder;
 mod error;
 mod exec;
-pub mod ffi;
 pub mod executor;
+pub mod ffi;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod machine;

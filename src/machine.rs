@@ -303,7 +303,8 @@ impl Machine {
             return Step::Done;
         }
         // A build already cancelled (by a stop) is not one the suspend takes over.
-        let takes_over = self.running.as_ref().is_some_and(|r| r.kind == JobKind::Build && r.cancelled.is_none());
+        let takes_over =
+            self.running.as_ref().is_some_and(|r| r.kind == JobKind::Build && r.cancelled.is_none());
         let step = self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build);
         if let (true, Some(current)) = (takes_over, &mut self.current) {
             current.build_wanted = true;
@@ -327,12 +328,19 @@ impl Machine {
             (JobKind::Eval, Outcome::Evaluated { output, out_path_valid }) => {
                 current.eval = EvalStatus::Evaluated;
                 current.drv_path = output.drv_path.clone();
-                self.actions.push_back(Action::Record(Record::EvalFinished { uuid: uuid.clone(), result: Ok(output) }));
+                self.actions.push_back(Action::Record(Record::EvalFinished {
+                    uuid: uuid.clone(),
+                    result: Ok(output),
+                }));
                 if out_path_valid {
                     current.build = BuildStatus::Built;
                     let reason = BuildReason::AlreadyBuilt;
-                    self.actions.push_back(Action::Record(Record::BuildStarted { uuid: uuid.clone(), reason }));
-                    self.actions.push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) }));
+                    self.actions
+                        .push_back(Action::Record(Record::BuildStarted { uuid: uuid.clone(), reason }));
+                    self.actions.push_back(Action::Record(Record::BuildFinished {
+                        uuid: uuid.clone(),
+                        result: Ok(()),
+                    }));
                     self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
                 } else {
                     self.actions.push_back(Action::Notify(Notification::EvaluationDone(uuid)));
@@ -346,7 +354,8 @@ impl Machine {
             }
             (JobKind::Build, Outcome::Built) => {
                 current.build = BuildStatus::Built;
-                self.actions.push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) }));
+                self.actions
+                    .push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) }));
                 self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
             }
             (JobKind::Build, Outcome::Failed(e)) => {
@@ -400,7 +409,10 @@ impl Machine {
             return;
         }
         let Some(current) = self.current.as_mut() else { return };
-        if !current.build_wanted || current.eval != EvalStatus::Evaluated || current.build == BuildStatus::Built {
+        if !current.build_wanted
+            || current.eval != EvalStatus::Evaluated
+            || current.build == BuildStatus::Built
+        {
             return;
         }
         current.build_wanted = false;
@@ -418,7 +430,11 @@ mod tests {
     use super::*;
 
     fn output() -> EvalOutput {
-        EvalOutput { drv_path: "/nix/store/x.drv".into(), out_path: "/nix/store/x".into(), machine_id: String::new() }
+        EvalOutput {
+            drv_path: "/nix/store/x.drv".into(),
+            out_path: "/nix/store/x".into(),
+            machine_id: String::new(),
+        }
     }
 
     fn drain(m: &mut Machine) -> Vec<Action> {
@@ -515,7 +531,10 @@ mod tests {
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err("timed out after 2s".into()) }),
+                Action::Record(Record::EvalFinished {
+                    uuid: "g1".into(),
+                    result: Err("timed out after 2s".into())
+                }),
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
         );
@@ -552,7 +571,10 @@ mod tests {
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Superseded("g2".into()) }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: superseded by generation g2".to_string();
-        assert_eq!(drain(&mut m), [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert_eq!(
+            drain(&mut m),
+            [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
     }
 
     #[test]
@@ -568,7 +590,10 @@ mod tests {
         );
         assert!(m.is_building());
         m.handle_finished(JobId(2), Outcome::Built);
-        assert_eq!(drain(&mut m), [record("g1", Ok(())), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert_eq!(
+            drain(&mut m),
+            [record("g1", Ok(())), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
         assert_eq!(m.submit_build("g1", None).unwrap_err().to_string(), "the generation is already built");
     }
 
@@ -592,8 +617,14 @@ mod tests {
     fn a_stored_generation_becomes_current_when_submitted() {
         let mut m = Machine::new();
         let view = |eval, build| Some(GenerationView { eval, build, drv_path: "/nix/store/s.drv".into() });
-        assert_eq!(m.submit_build("s", view(EvalStatus::Failed, BuildStatus::Initialized)), Err(Error::NotEvaluated));
-        assert_eq!(m.submit_build("s", view(EvalStatus::Evaluated, BuildStatus::Built)), Err(Error::AlreadyBuilt));
+        assert_eq!(
+            m.submit_build("s", view(EvalStatus::Failed, BuildStatus::Initialized)),
+            Err(Error::NotEvaluated)
+        );
+        assert_eq!(
+            m.submit_build("s", view(EvalStatus::Evaluated, BuildStatus::Built)),
+            Err(Error::AlreadyBuilt)
+        );
         assert_eq!(m.generation_uuid(), None, "a refused submission changes nothing");
         m.submit_build("s", view(EvalStatus::Evaluated, BuildStatus::Failed)).unwrap();
         assert_eq!(m.generation_uuid(), Some("s"));
@@ -608,7 +639,10 @@ mod tests {
     fn a_failed_build_can_be_submitted_again() {
         let (mut m, job) = building();
         m.handle_finished(job, Outcome::Failed(JobError::Failed("boom".into())));
-        assert_eq!(drain(&mut m), [record("g1", Err("boom".into())), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert_eq!(
+            drain(&mut m),
+            [record("g1", Err("boom".into())), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
         m.submit_build("g1", None).unwrap();
         assert!(m.is_building());
     }
@@ -656,7 +690,10 @@ mod tests {
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Suspended }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: suspended".to_string();
-        assert_eq!(drain(&mut m), [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]);
+        assert_eq!(
+            drain(&mut m),
+            [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
         assert!(!m.is_building(), "not restarted while suspended");
         assert_eq!(m.wait_for_build_cancelled_by_suspend(), Step::Done);
         m.resume().unwrap();
@@ -682,7 +719,10 @@ mod tests {
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         assert_eq!(
             drain(&mut m),
-            [record("g1", Err("cancelled: stopped".into())), Action::Notify(Notification::BuildDone("g1".into()))]
+            [
+                record("g1", Err("cancelled: stopped".into())),
+                Action::Notify(Notification::BuildDone("g1".into()))
+            ]
         );
         assert_eq!(m.stop(), Step::Done, "stop twice is harmless");
         let (mut m, job) = building();
@@ -731,6 +771,8 @@ mod tests {
         let _ = m.eval("g1");
         drain(&mut m);
         m.handle_finished(JobId(1), Outcome::Failed(JobError::Cancelled(None)));
-        assert!(matches!(&drain(&mut m)[0], Action::Record(Record::EvalFinished { result: Err(e), .. }) if e == "cancelled"));
+        assert!(
+            matches!(&drain(&mut m)[0], Action::Record(Record::EvalFinished { result: Err(e), .. }) if e == "cancelled")
+        );
     }
 }

@@ -51,9 +51,8 @@ pub(crate) fn run(mut cmd: Command, ctx: &JobContext) -> Result<CommandOutput, J
     }
     let description = describe(&cmd);
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| JobError::Failed(format!("cannot start `{description}`: {e}")))?;
+    let mut child =
+        cmd.spawn().map_err(|e| JobError::Failed(format!("cannot start `{description}`: {e}")))?;
     log::debug!("started `{description}` as pid {}", child.id());
     let readers = Readers::start(&mut child, &ctx.logs);
     let mut waiter = Waiter::new(&child, ctx.options.wait);
@@ -116,7 +115,8 @@ fn pid_of(child: &Child) -> Pid {
 /// SIGTERM to the group, grace, SIGKILL to the group and every descendant.
 fn terminate(child: &Child, waiter: &mut Waiter, grace: Duration) {
     let leader = pid_of(child);
-    let mut known = descendants(&[leader.as_raw_nonzero().get()].into_iter().map(|p| (p, start_time(p))).collect());
+    let mut known =
+        descendants(&[leader.as_raw_nonzero().get()].into_iter().map(|p| (p, start_time(p))).collect());
     log::debug!("terminating pid {leader} and {} descendants", known.len());
     let _ = rustix::process::kill_process_group(leader, Signal::TERM);
     if waiter.wait_exit(Some(grace)) {
@@ -283,7 +283,10 @@ impl Waiter {
 }
 
 fn timespec(d: Duration) -> rustix::event::Timespec {
-    rustix::event::Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos() as _ }
+    rustix::event::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    }
 }
 
 /// The two threads draining a child's pipes.
@@ -323,7 +326,9 @@ impl Readers {
                 Ok((Stream::Stdout, s)) => stdout = s,
                 Ok((Stream::Stderr, s)) => stderr = s,
                 Err(_) => {
-                    log::warn!("`{description}` exited but a process outside its group holds its output open");
+                    log::warn!(
+                        "`{description}` exited but a process outside its group holds its output open"
+                    );
                     break;
                 }
             }
@@ -350,7 +355,9 @@ fn drain(pipe: Box<dyn Read + Send>, stream: Stream, logs: &LogSink) -> String {
         let text = text.trim_end_matches(['\n', '\r']);
         logs(stream, text);
         match stream {
-            Stream::Stdout if kept.len() + line.len() <= STDOUT_LIMIT => kept.push_str(&String::from_utf8_lossy(&line)),
+            Stream::Stdout if kept.len() + line.len() <= STDOUT_LIMIT => {
+                kept.push_str(&String::from_utf8_lossy(&line))
+            }
             Stream::Stdout => {}
             Stream::Stderr => {
                 let text: String = text.chars().take(STDERR_TAIL_BYTES).collect();

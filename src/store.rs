@@ -237,7 +237,12 @@ fn find<'a>(data: &'a mut StoreState, uuid: &str) -> Option<&'a mut Generation> 
 /// comin's rule: keep the last eval-started, eval-finished, build-started and
 /// build-finished generations. The current generation is always one of them.
 fn collect_garbage(data: &mut StoreState) {
-    let keep = [&data.last_eval_started, &data.last_eval_finished, &data.last_build_started, &data.last_build_finished];
+    let keep = [
+        &data.last_eval_started,
+        &data.last_eval_finished,
+        &data.last_build_started,
+        &data.last_build_finished,
+    ];
     let keep: Vec<String> = keep.into_iter().cloned().collect();
     data.generations.retain(|g| keep.contains(&g.uuid));
 }
@@ -248,7 +253,11 @@ fn now() -> prost_types::Timestamp {
 
 /// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |action, e: std::io::Error| Error::StoreIo { action, path: path.to_path_buf(), reason: e.to_string() };
+    let io = |action, e: std::io::Error| Error::StoreIo {
+        action,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -11,7 +11,8 @@ use genbuild::{Error, BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD};
 
 #[test]
 fn eval_then_build_records_every_step_and_notifies_once_each() {
-    let (builder, store, _) = builder(ShellExecutor::new().eval_runs("echo evaluating").build_runs("echo building"));
+    let (builder, store, _) =
+        builder(ShellExecutor::new().eval_runs("echo evaluating").build_runs("echo building"));
     let events = builder.subscribe();
     let uuid = builder.eval(&rs("c1")).unwrap();
     assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
@@ -45,7 +46,10 @@ fn eval_then_build_records_every_step_and_notifies_once_each() {
     let state = builder.state();
     assert_eq!(state.generation_uuid, uuid);
     assert_eq!(state.generation.unwrap().build_status, status::BUILT);
-    assert_eq!((state.is_evaluating, state.is_building, state.is_suspended), (Some(false), Some(false), Some(false)));
+    assert_eq!(
+        (state.is_evaluating, state.is_building, state.is_suspended),
+        (Some(false), Some(false), Some(false))
+    );
 }
 
 #[test]
@@ -56,14 +60,19 @@ fn an_output_already_in_the_store_is_reported_built_without_building() {
     let uuid = builder.eval(&rs("c1")).unwrap();
     assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
     let g = generation(&store, &uuid);
-    assert_eq!((g.build_status.as_str(), g.build_reason.as_str()), (status::BUILT, BUILD_REASON_ALREADY_BUILT));
+    assert_eq!(
+        (g.build_status.as_str(), g.build_reason.as_str()),
+        (status::BUILT, BUILD_REASON_ALREADY_BUILT)
+    );
     assert_quiet(&builder.evaluation_done(), "evaluation_done");
     assert_eq!(builder.submit_build(&uuid), Err(Error::AlreadyBuilt));
 }
 
 #[test]
 fn a_failing_evaluation_keeps_the_command_and_its_stderr_tail() {
-    let (builder, store, _) = builder(ShellExecutor::new().eval_runs("echo first >&2; echo 'error: attribute missing' >&2; exit 3"));
+    let (builder, store, _) = builder(
+        ShellExecutor::new().eval_runs("echo first >&2; echo 'error: attribute missing' >&2; exit 3"),
+    );
     let uuid = builder.eval(&rs("c1")).unwrap();
     assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
     let g = generation(&store, &uuid);
@@ -75,7 +84,10 @@ fn a_failing_evaluation_keeps_the_command_and_its_stderr_tail() {
 
 #[test]
 fn the_stderr_tail_is_bounded_and_keeps_the_last_lines() {
-    let (builder, store, _) = builder(ShellExecutor::new().build_runs("i=0; while [ $i -lt 2000 ]; do echo line$i >&2; i=$((i+1)); done; exit 1"));
+    let (builder, store, _) = builder(
+        ShellExecutor::new()
+            .build_runs("i=0; while [ $i -lt 2000 ]; do echo line$i >&2; i=$((i+1)); done; exit 1"),
+    );
     let uuid = builder.eval(&rs("c1")).unwrap();
     recv(&builder.evaluation_done(), "evaluation_done");
     builder.submit_build(&uuid).unwrap();
@@ -260,7 +272,10 @@ fn submit_build_checks_in_the_documented_order() {
     assert_eq!(builder.submit_build("nope"), Err(Error::UnknownGeneration("nope".into())));
     assert_eq!(builder.submit_build("").unwrap_err().to_string(), "no generation with uuid  has been found");
     let uuid = builder.eval(&rs("c1")).unwrap();
-    assert_eq!(builder.submit_build("nope").unwrap_err().to_string(), "another generation is evaluating or evaluated");
+    assert_eq!(
+        builder.submit_build("nope").unwrap_err().to_string(),
+        "another generation is evaluating or evaluated"
+    );
     assert_eq!(builder.submit_build(&uuid).unwrap_err().to_string(), "the generation is not evaluated");
     builder.stop();
     assert_no_process(&n);
@@ -384,7 +399,11 @@ fn log_lines_reach_subscribers_and_a_lagging_one_loses_only_log_lines() {
     builder.submit_build(&uuid).unwrap();
     recv(&builder.build_done(), "build_done");
     drain(&mut lines);
-    assert_eq!(lines.last().unwrap(), &("after".to_string(), 6000 - 4095), "the next line counts the lost ones");
+    assert_eq!(
+        lines.last().unwrap(),
+        &("after".to_string(), 6000 - 4095),
+        "the next line counts the lost ones"
+    );
     assert_eq!(lifecycle, 4, "lifecycle events are never dropped");
 }
 

@@ -13,7 +13,8 @@ fn fd_count() -> usize {
 fn a_thousand_preemptions_leave_no_thread_fd_or_process_behind() {
     let (threads, fds) = (thread_count(), fd_count());
     let n = nonce();
-    let (builder, store, executor) = builder(ShellExecutor::new().eval_runs(long_sleep(&n)).build_runs(long_sleep(&n)));
+    let (builder, store, executor) =
+        builder(ShellExecutor::new().eval_runs(long_sleep(&n)).build_runs(long_sleep(&n)));
     let events = builder.subscribe();
     for i in 0..1000 {
         builder.eval(&rs(&format!("c{i}"))).unwrap();

@@ -119,7 +119,8 @@ fn a_fully_populated_generation_round_trips() {
         build_reason: "already built".into(),
         ..Default::default()
     };
-    let state = proto::Builder { generation: Some(g.clone()), is_suspended: Some(true), ..Default::default() };
+    let state =
+        proto::Builder { generation: Some(g.clone()), is_suspended: Some(true), ..Default::default() };
     assert_eq!(proto::Builder::decode(state.encode_to_vec().as_slice()).unwrap(), state);
     assert_eq!(tags(&g.encode_to_vec()), [1, 3, 9, 14, 27]);
 }

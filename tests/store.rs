@@ -3,16 +3,23 @@
 use std::os::unix::fs::PermissionsExt;
 
 use genbuild::proto::{status, RepositoryStatus};
-use genbuild::{EvalOutput, Error, Store};
+use genbuild::{Error, EvalOutput, Store};
 
 fn started(store: &Store, uuid: &str) {
     let new = genbuild::store::NewGeneration { uuid, hostname: "h", ..Default::default() };
-    store.generation_eval_started(new, &RepositoryStatus { selected_commit_id: "c".into(), ..Default::default() });
+    store.generation_eval_started(
+        new,
+        &RepositoryStatus { selected_commit_id: "c".into(), ..Default::default() },
+    );
 }
 
 fn evaluated(store: &Store, uuid: &str) {
     started(store, uuid);
-    let out = EvalOutput { drv_path: format!("/nix/store/{uuid}.drv"), out_path: "/o".into(), machine_id: "m".into() };
+    let out = EvalOutput {
+        drv_path: format!("/nix/store/{uuid}.drv"),
+        out_path: "/o".into(),
+        machine_id: "m".into(),
+    };
     store.generation_eval_finished(uuid, &Ok(out));
 }
 
@@ -30,7 +37,10 @@ fn lifecycle_methods_set_comin_status_strings() {
     assert_eq!((g.build_status.as_str(), g.build_reason.as_str()), (status::BUILDING, "need to be built"));
     store.generation_build_finished("b", &Ok(()));
     let g = store.generation("b").unwrap();
-    assert_eq!((g.eval_status.as_str(), g.build_status.as_str(), g.machine_id.as_str()), ("evaluated", "built", "m"));
+    assert_eq!(
+        (g.eval_status.as_str(), g.build_status.as_str(), g.machine_id.as_str()),
+        ("evaluated", "built", "m")
+    );
     assert!(store.generation("zzz").is_none());
 }
 

@@ -106,7 +106,10 @@ pub fn builder(executor: ShellExecutor) -> (Builder, Arc<Store>, Arc<ShellExecut
     builder_with(config(), executor)
 }
 
-pub fn builder_with(config: BuilderConfig, executor: ShellExecutor) -> (Builder, Arc<Store>, Arc<ShellExecutor>) {
+pub fn builder_with(
+    config: BuilderConfig,
+    executor: ShellExecutor,
+) -> (Builder, Arc<Store>, Arc<ShellExecutor>) {
     let store = Arc::new(Store::new());
     let executor = Arc::new(executor);
     (Builder::new(config, store.clone(), executor.clone()), store, executor)
