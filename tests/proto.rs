@@ -24,6 +24,9 @@ fn number_of<M: Message + Default>(set: impl FnOnce(&mut M)) -> u32 {
     }
 }
 
+/// A field setter and the number it must be encoded with.
+type Case<M> = (u32, Box<dyn FnOnce(&mut M)>);
+
 fn ts() -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds: 1, nanos: 2 })
 }
@@ -31,7 +34,7 @@ fn ts() -> Option<prost_types::Timestamp> {
 #[test]
 fn generation_fields_have_comins_numbers() {
     let s = || "x".to_string();
-    let cases: Vec<(u32, Box<dyn FnOnce(&mut Generation)>)> = vec![
+    let cases: Vec<Case<Generation>> = vec![
         (1, Box::new(|g| g.uuid = s())),
         (3, Box::new(|g| g.hostname = s())),
         (4, Box::new(|g| g.selected_remote_url = s())),
@@ -67,7 +70,7 @@ fn generation_fields_have_comins_numbers() {
 #[test]
 fn repository_status_builder_and_event_fields_have_comins_numbers() {
     let s = || "x".to_string();
-    let rs: Vec<(u32, Box<dyn FnOnce(&mut RepositoryStatus)>)> = vec![
+    let rs: Vec<Case<RepositoryStatus>> = vec![
         (1, Box::new(|r| r.selected_commit_id = s())),
         (2, Box::new(|r| r.selected_commit_msg = s())),
         (3, Box::new(|r| r.selected_remote_name = s())),
@@ -80,7 +83,7 @@ fn repository_status_builder_and_event_fields_have_comins_numbers() {
     for (expected, set) in rs {
         assert_eq!(number_of(set), expected);
     }
-    let builder: Vec<(u32, Box<dyn FnOnce(&mut proto::Builder)>)> = vec![
+    let builder: Vec<Case<proto::Builder>> = vec![
         (1, Box::new(|b| b.is_evaluating = Some(false))),
         (2, Box::new(|b| b.is_building = Some(false))),
         (3, Box::new(|b| b.generation = Some(Generation::default()))),

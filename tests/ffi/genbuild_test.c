@@ -1,0 +1,590 @@
+/*
+ * The C ABI against real Nix: every entry point, its errors, and a full
+ * eval -> build -> suspend -> resume -> stop cycle on a temporary git repository.
+ *
+ * Run by `cargo test --test ffi` (tests/ffi.rs), which compiles it with
+ * -Wall -Wextra -Werror, and under valgrind by tests/ffi/valgrind.sh.
+ *
+ * usage: genbuild_test NONCE
+ * NONCE (digits) goes into the derivations, so that the caller can look for a
+ * leftover process carrying it. Exit status 0 when every check passed.
+ *
+ * The program makes itself a child subreaper: a process the builder started and
+ * failed to kill would be re-parented here, and the last check finds it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "genbuild.h"
+
+/* Bound on every wait: only there to turn a hang into a failure. */
+#define WAIT_MS 120000
+
+static genbuild_builder *g_builder;
+static char g_dir[64];
+
+static void cleanup(void) {
+  genbuild_builder_destroy(g_builder);
+  g_builder = NULL;
+  if (g_dir[0] != '\0') {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) {
+      fprintf(stderr, "cannot remove %s\n", g_dir);
+    }
+    g_dir[0] = '\0';
+  }
+}
+
+__attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stdout, "FAIL: ");
+  vfprintf(stdout, fmt, ap);
+  fprintf(stdout, "\n");
+  va_end(ap);
+  cleanup();
+  exit(1);
+}
+
+#define CHECK(cond, ...)                                                      \
+  do {                                                                        \
+    if (!(cond)) {                                                            \
+      fprintf(stdout, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      fail(__VA_ARGS__);                                                      \
+    }                                                                         \
+  } while (0)
+
+/* Checks that a call returned `want`, with a message containing `needle` (when not
+ * NULL) unless the call succeeded; frees the message. */
+static void expect(const char *what, genbuild_result got, char **errp, genbuild_result want,
+                   const char *needle) {
+  /* `errp`, not the message: arguments are evaluated in no fixed order, so the call
+   * must have stored the message before it is read here. */
+  char *err = *errp;
+  *errp = NULL;
+  if (got != want) {
+    fail("%s: got %s (%s), want %s", what, genbuild_result_name(got), err ? err : "no message",
+         genbuild_result_name(want));
+  }
+  if (want == GENBUILD_RESULT_OK && err != NULL) {
+    fail("%s: OK with a message: %s", what, err);
+  }
+  if (want != GENBUILD_RESULT_OK && err == NULL) {
+    fail("%s: %s without a message", what, genbuild_result_name(got));
+  }
+  if (needle != NULL && (err == NULL || strstr(err, needle) == NULL)) {
+    fail("%s: message %s does not contain \"%s\"", what, err ? err : "(none)", needle);
+  }
+  printf("ok   %s -> %s%s%s\n", what, genbuild_result_name(got), err ? ": " : "", err ? err : "");
+  genbuild_string_free(err);
+}
+
+/* ---- a protobuf walker: varints and length-delimited fields, nothing more ---- */
+
+typedef struct {
+  const uint8_t *data;
+  size_t len;
+} slice;
+
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*p >= end) {
+      return 0;
+    }
+    uint8_t b = *(*p)++;
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) {
+      *out = v;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The last occurrence of field `number` of `msg` (proto3: last one wins). Wire type
+ * 2 gives its bytes in `*bytes`, wire type 0 its value in `*varint`. Returns 1 when
+ * found, 0 when absent; fails the test on malformed input. */
+static int pb_field(slice msg, uint32_t number, slice *bytes, uint64_t *varint) {
+  const uint8_t *p = msg.data, *end = msg.data + msg.len;
+  int found = 0;
+  while (p < end) {
+    uint64_t key, n;
+    CHECK(read_varint(&p, end, &key), "malformed key");
+    switch (key & 7) {
+    case 0:
+      CHECK(read_varint(&p, end, &n), "malformed varint");
+      if ((key >> 3) == number && varint != NULL) {
+        *varint = n;
+        found = 1;
+      }
+      break;
+    case 1:
+      CHECK(end - p >= 8, "truncated fixed64");
+      p += 8;
+      break;
+    case 2:
+      CHECK(read_varint(&p, end, &n) && n <= (uint64_t)(end - p), "malformed length");
+      if ((key >> 3) == number && bytes != NULL) {
+        bytes->data = p;
+        bytes->len = (size_t)n;
+        found = 1;
+      }
+      p += n;
+      break;
+    case 5:
+      CHECK(end - p >= 4, "truncated fixed32");
+      p += 4;
+      break;
+    default:
+      fail("unsupported wire type %u", (unsigned)(key & 7));
+    }
+  }
+  return found;
+}
+
+static slice pb_message(slice msg, uint32_t number) {
+  slice s = {NULL, 0};
+  pb_field(msg, number, &s, NULL);
+  return s;
+}
+
+/* A string field copied into a static ring of buffers; "" when absent. */
+static const char *pb_string(slice msg, uint32_t number) {
+  static char ring[8][4096];
+  static int next;
+  char *out = ring[next++ % 8];
+  slice s = {NULL, 0};
+  pb_field(msg, number, &s, NULL);
+  size_t n = s.len < sizeof ring[0] - 1 ? s.len : sizeof ring[0] - 1;
+  if (n > 0) {
+    memcpy(out, s.data, n);
+  }
+  out[n] = '\0';
+  return out;
+}
+
+/* A google.protobuf.BoolValue field: its field 1. */
+static int pb_bool_value(slice msg, uint32_t number) {
+  uint64_t v = 0;
+  pb_field(pb_message(msg, number), 1, NULL, &v);
+  return v != 0;
+}
+
+static void put_varint(uint8_t *buf, size_t *len, uint64_t v) {
+  do {
+    uint8_t b = v & 0x7f;
+    v >>= 7;
+    buf[(*len)++] = b | (v ? 0x80 : 0);
+  } while (v);
+}
+
+static void put_string(uint8_t *buf, size_t *len, uint32_t number, const char *s) {
+  put_varint(buf, len, (uint64_t)number << 3 | 2);
+  put_varint(buf, len, strlen(s));
+  memcpy(buf + *len, s, strlen(s));
+  *len += strlen(s);
+}
+
+/* ---- events ---- */
+
+enum { EVAL_STARTED = 1, EVAL_FINISHED = 2, BUILD_STARTED = 3, BUILD_FINISHED = 4, LOG_LINE = 16 };
+
+static const char *kind_name(int kind) {
+  switch (kind) {
+  case EVAL_STARTED: return "EvalStarted";
+  case EVAL_FINISHED: return "EvalFinished";
+  case BUILD_STARTED: return "BuildStarted";
+  case BUILD_FINISHED: return "BuildFinished";
+  case LOG_LINE: return "LogLine";
+  default: return "?";
+  }
+}
+
+typedef struct {
+  int kind;
+  char uuid[64];
+  char eval_status[32];
+  char build_status[32];
+  char build_reason[64];
+  char eval_err[1024];
+  char build_err[1024];
+  char out_path[512];
+  char drv_path[512];
+  char line[1024]; /* LogLine */
+} event;
+
+static int g_log_lines;
+
+/* Decodes an Event; the generation's fields for lifecycle events. */
+static void decode_event(genbuild_buffer buf, event *ev) {
+  slice msg = {buf.data, buf.len};
+  memset(ev, 0, sizeof *ev);
+  const int kinds[] = {EVAL_STARTED, EVAL_FINISHED, BUILD_STARTED, BUILD_FINISHED, LOG_LINE};
+  slice inner = {NULL, 0};
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    if (pb_field(msg, (uint32_t)kinds[i], &inner, NULL)) {
+      ev->kind = kinds[i];
+    }
+  }
+  CHECK(ev->kind != 0, "an event of no known kind (%zu bytes)", buf.len);
+  CHECK(pb_field(msg, 15, &(slice){NULL, 0}, NULL), "an event without created_at");
+  if (ev->kind == LOG_LINE) {
+    snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(inner, 1));
+    snprintf(ev->line, sizeof ev->line, "%s", pb_string(inner, 4));
+    return;
+  }
+  slice g = pb_message(inner, 1);
+  snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(g, 1));
+  snprintf(ev->eval_status, sizeof ev->eval_status, "%s", pb_string(g, 13));
+  snprintf(ev->eval_err, sizeof ev->eval_err, "%s", pb_string(g, 16));
+  snprintf(ev->out_path, sizeof ev->out_path, "%s", pb_string(g, 17));
+  snprintf(ev->drv_path, sizeof ev->drv_path, "%s", pb_string(g, 18));
+  snprintf(ev->build_status, sizeof ev->build_status, "%s", pb_string(g, 20));
+  snprintf(ev->build_err, sizeof ev->build_err, "%s", pb_string(g, 23));
+  snprintf(ev->build_reason, sizeof ev->build_reason, "%s", pb_string(g, 27));
+}
+
+/* Reads events until one of `kind` for `uuid` (log lines are counted and printed; a
+ * log line containing `until_line`, when not NULL, also ends the wait). */
+static void wait_event(int kind, const char *uuid, const char *until_line, event *ev) {
+  for (;;) {
+    genbuild_buffer buf = {NULL, 0};
+    char *err = NULL;
+    genbuild_result r = genbuild_next_event(g_builder, WAIT_MS, &buf, &err);
+    if (r != GENBUILD_RESULT_OK) {
+      fail("waiting for %s of %s: %s: %s", kind_name(kind), uuid, genbuild_result_name(r),
+           err ? err : "");
+    }
+    decode_event(buf, ev);
+    genbuild_buffer_free(buf);
+    if (ev->kind == LOG_LINE) {
+      g_log_lines++;
+      printf("     log %.8s: %s\n", ev->uuid, ev->line);
+      if (until_line != NULL && strstr(ev->line, until_line) != NULL) {
+        return;
+      }
+      continue;
+    }
+    printf("     event %s %.8s eval=%s build=%s%s%s%s%s\n", kind_name(ev->kind), ev->uuid,
+           ev->eval_status, ev->build_status, ev->eval_err[0] ? " eval_err=" : "", ev->eval_err,
+           ev->build_err[0] ? " build_err=" : "", ev->build_err);
+    if (ev->kind == kind && strcmp(ev->uuid, uuid) == 0) {
+      return;
+    }
+  }
+}
+
+/* ---- the repository ---- */
+
+static void run(const char *cmd) {
+  int status = system(cmd);
+  CHECK(status == 0, "`%s` exited with %d", cmd, status);
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL, "cannot write %s: %s", path, strerror(errno));
+  fputs(text, f);
+  CHECK(fclose(f) == 0, "cannot close %s", path);
+}
+
+/* Commits a default.nix whose `machine.toplevel` runs `script`; returns its id. */
+static void commit(const char *repo, const char *nonce, const char *script, char id[41]) {
+  char path[256], text[1024], cmd[512];
+  snprintf(path, sizeof path, "%s/default.nix", repo);
+  snprintf(text, sizeof text,
+           "{ machine = { toplevel = derivation { name = \"t\"; system = builtins.currentSystem;"
+           " builder = \"/bin/sh\"; nonce = \"%s\"; args = [ \"-c\" \"%s\" ]; }; }; }\n",
+           nonce, script);
+  write_file(path, text);
+  snprintf(cmd, sizeof cmd,
+           "git -C '%s' add default.nix && git -C '%s' -c user.name=t -c user.email=t@t "
+           "commit -q -m 'nonce %s'",
+           repo, repo, nonce);
+  run(cmd);
+  snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse HEAD", repo);
+  FILE *p = popen(cmd, "r");
+  CHECK(p != NULL, "popen");
+  CHECK(fgets(id, 41, p) != NULL && strlen(id) == 40, "no commit id");
+  CHECK(pclose(p) == 0, "git rev-parse failed");
+}
+
+/* A RepositoryStatus of `commit_id` on branch main. */
+static size_t repository_status(uint8_t *buf, const char *commit_id) {
+  size_t len = 0;
+  put_string(buf, &len, 1, commit_id);   /* selected_commit_id */
+  put_string(buf, &len, 2, "a commit");  /* selected_commit_msg */
+  put_string(buf, &len, 3, "origin");    /* selected_remote_name */
+  put_string(buf, &len, 4, "main");      /* selected_branch_name */
+  put_string(buf, &len, 9, commit_id);   /* main_commit_id */
+  return len;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IONBF, 0);
+  CHECK(argc == 2 && strspn(argv[1], "0123456789") == strlen(argv[1]) && argv[1][0],
+        "usage: %s NONCE (digits)", argv[0]);
+  const char *nonce = argv[1];
+#ifdef __linux__
+  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, "prctl: %s", strerror(errno));
+#endif
+  printf("genbuild %s, nonce %s\n", genbuild_version(), nonce);
+
+  snprintf(g_dir, sizeof g_dir, "%s", "/tmp/genbuild-ffi-XXXXXX");
+  CHECK(mkdtemp(g_dir) != NULL, "mkdtemp: %s", strerror(errno));
+  char repo[128], state_file[128], roots[128], cmd[512];
+  snprintf(repo, sizeof repo, "%s/repo", g_dir);
+  snprintf(state_file, sizeof state_file, "%s/state.pb", g_dir);
+  snprintf(roots, sizeof roots, "%s/roots", g_dir);
+  snprintf(cmd, sizeof cmd, "git init -q '%s'", repo);
+  run(cmd);
+  char commit1[41], commit2[41], script[256];
+  snprintf(script, sizeof script, "echo %s > $out", nonce);
+  commit(repo, nonce, script, commit1);
+  snprintf(script, sizeof script, "echo started %s; /bin/sleep 300.%s; echo > $out", nonce, nonce);
+  commit(repo, nonce, script, commit2);
+
+  const char *names[] = {"build-users-group", "substituters", "sandbox"};
+  const char *values[] = {"", "", "false"};
+  genbuild_config cfg = {0};
+  cfg.executor = GENBUILD_EXECUTOR_KIND_LEGACY;
+  cfg.repository_path = repo;
+  cfg.system_attr = "machine";
+  cfg.hostname = "testhost";
+  cfg.eval_timeout_ms = 60000;
+  cfg.build_timeout_ms = 60000;
+  cfg.kill_grace_ms = 2000;
+  cfg.state_file = state_file;
+  cfg.gc_root_dir = roots;
+  cfg.nix_option_names = names;
+  cfg.nix_option_values = values;
+  cfg.nix_options_len = 3;
+
+  char *err = NULL, *uuid = NULL;
+  genbuild_buffer buf = {NULL, 0};
+  genbuild_builder *b = NULL;
+  event ev;
+
+  /* ---- creation errors ---- */
+  expect("builder_new(NULL config)", genbuild_builder_new(NULL, &b, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "config");
+  CHECK(b == NULL, "no builder on failure");
+  expect("builder_new(NULL out)", genbuild_builder_new(&cfg, NULL, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "builder_out");
+  genbuild_config bad = cfg;
+  bad.hostname = NULL;
+  expect("builder_new(NULL hostname)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "config->hostname");
+  bad = cfg;
+  bad.hostname = "\xff\xfe";
+  expect("builder_new(non-UTF-8 hostname)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_INVALID_ARGUMENT, "UTF-8");
+  bad = cfg;
+  bad.executor = 42;
+  expect("builder_new(executor 42)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_INVALID_ARGUMENT, "executor");
+  bad = cfg;
+  bad.nix_option_values = NULL;
+  expect("builder_new(NULL option values)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "nix_option_values");
+  char garbage_state[160];
+  snprintf(garbage_state, sizeof garbage_state, "%s/garbage.pb", g_dir);
+  write_file(garbage_state, "\xff\xff\xff\xff this is no protobuf");
+  bad = cfg;
+  bad.state_file = garbage_state;
+  expect("builder_new(corrupt state file)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_STORE_ERROR, "garbage.pb");
+  CHECK(genbuild_builder_new(NULL, &b, NULL) == GENBUILD_RESULT_NULL_ARGUMENT, "err may be NULL");
+
+  expect("builder_new", genbuild_builder_new(&cfg, &g_builder, &err), &err, GENBUILD_RESULT_OK,
+         NULL);
+  CHECK(g_builder != NULL, "a builder");
+
+  /* ---- NULL handles, garbage, refusals ---- */
+  uint8_t rs[512];
+  size_t rs_len = repository_status(rs, commit1);
+  expect("eval(NULL builder)", genbuild_eval(NULL, rs, rs_len, &uuid, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "builder");
+  CHECK(uuid == NULL, "no uuid on failure");
+  expect("eval(NULL uuid_out)", genbuild_eval(g_builder, rs, rs_len, NULL, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "uuid_out");
+  expect("eval(NULL bytes, len 5)", genbuild_eval(g_builder, NULL, 5, &uuid, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "rs");
+  const uint8_t garbage[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
+  expect("eval(garbage protobuf)", genbuild_eval(g_builder, garbage, sizeof garbage, &uuid, &err),
+         &err, GENBUILD_RESULT_INVALID_ARGUMENT, "RepositoryStatus");
+  CHECK(uuid == NULL, "no uuid on failure");
+  expect("submit_build(NULL builder)", genbuild_submit_build(NULL, "x", &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "builder");
+  expect("submit_build(NULL uuid)", genbuild_submit_build(g_builder, NULL, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "uuid");
+  expect("submit_build(non-UTF-8 uuid)", genbuild_submit_build(g_builder, "\xc3\x28", &err), &err,
+         GENBUILD_RESULT_INVALID_ARGUMENT, "UTF-8");
+  expect("submit_build(unknown uuid)",
+         genbuild_submit_build(g_builder, "00000000-0000-4000-8000-000000000000", &err), &err,
+         GENBUILD_RESULT_REFUSED,
+         "no generation with uuid 00000000-0000-4000-8000-000000000000 has been found");
+  expect("suspend(NULL)", genbuild_suspend(NULL, &err), &err, GENBUILD_RESULT_NULL_ARGUMENT, NULL);
+  expect("resume(NULL)", genbuild_resume(NULL, &err), &err, GENBUILD_RESULT_NULL_ARGUMENT, NULL);
+  expect("stop(NULL)", genbuild_stop(NULL, &err), &err, GENBUILD_RESULT_NULL_ARGUMENT, NULL);
+  expect("state(NULL)", genbuild_state(NULL, &buf, &err), &err, GENBUILD_RESULT_NULL_ARGUMENT,
+         NULL);
+  CHECK(buf.data == NULL && buf.len == 0, "an empty buffer on failure");
+  expect("state(NULL out)", genbuild_state(g_builder, NULL, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "state_out");
+  expect("next_event(NULL)", genbuild_next_event(NULL, 0, &buf, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, NULL);
+  expect("resume(not suspended)", genbuild_resume(g_builder, &err), &err, GENBUILD_RESULT_REFUSED,
+         "the builder is not suspended");
+  expect("next_event(nothing yet)", genbuild_next_event(g_builder, 10, &buf, &err), &err,
+         GENBUILD_RESULT_TIMEOUT, NULL);
+  CHECK(genbuild_stop(NULL, NULL) == GENBUILD_RESULT_NULL_ARGUMENT, "err may be NULL");
+  CHECK(strcmp(genbuild_result_name(12345), "unknown") == 0, "unknown result name");
+  genbuild_builder_destroy(NULL);
+  genbuild_string_free(NULL);
+  genbuild_buffer_free((genbuild_buffer){NULL, 0});
+
+  /* ---- evaluate and build commit 1 ---- */
+  expect("eval(commit 1)", genbuild_eval(g_builder, rs, rs_len, &uuid, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  CHECK(uuid != NULL && strlen(uuid) == 36, "a uuid");
+  char uuid1[37];
+  snprintf(uuid1, sizeof uuid1, "%s", uuid);
+  genbuild_string_free(uuid);
+  uuid = NULL;
+  wait_event(EVAL_STARTED, uuid1, NULL, &ev);
+  CHECK(strcmp(ev.eval_status, "evaluating") == 0, "evaluating, not %s", ev.eval_status);
+  wait_event(EVAL_FINISHED, uuid1, NULL, &ev);
+  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
+        ev.eval_err);
+  CHECK(strstr(ev.drv_path, ".drv") != NULL, "a drv path: %s", ev.drv_path);
+  CHECK(strncmp(ev.out_path, "/nix/store/", 11) == 0, "an out path: %s", ev.out_path);
+  char out_path[512];
+  snprintf(out_path, sizeof out_path, "%s", ev.out_path);
+
+  expect("submit_build(commit 1)", genbuild_submit_build(g_builder, uuid1, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  wait_event(BUILD_STARTED, uuid1, NULL, &ev);
+  CHECK(strcmp(ev.build_reason, "need to be built") == 0, "reason %s", ev.build_reason);
+  wait_event(BUILD_FINISHED, uuid1, NULL, &ev);
+  CHECK(strcmp(ev.build_status, "built") == 0, "built, not %s: %s", ev.build_status, ev.build_err);
+  FILE *f = fopen(out_path, "r");
+  CHECK(f != NULL, "cannot open the output %s", out_path);
+  char content[128] = {0};
+  CHECK(fgets(content, sizeof content, f) != NULL, "an empty output");
+  fclose(f);
+  CHECK(strncmp(content, nonce, strlen(nonce)) == 0, "the output holds %s, not the nonce", content);
+  expect("submit_build(built)", genbuild_submit_build(g_builder, uuid1, &err), &err,
+         GENBUILD_RESULT_REFUSED, "the generation is already built");
+
+  /* ---- state ---- */
+  expect("state", genbuild_state(g_builder, &buf, &err), &err, GENBUILD_RESULT_OK, NULL);
+  {
+    slice st = {buf.data, buf.len};
+    CHECK(strcmp(pb_string(st, 4), uuid1) == 0, "state generation_uuid %s", pb_string(st, 4));
+    CHECK(strcmp(pb_string(st, 6), "testhost") == 0, "state hostname %s", pb_string(st, 6));
+    CHECK(!pb_bool_value(st, 1) && !pb_bool_value(st, 2) && !pb_bool_value(st, 5),
+          "idle and not suspended");
+    slice g = pb_message(st, 3);
+    CHECK(strcmp(pb_string(g, 1), uuid1) == 0, "state generation %s", pb_string(g, 1));
+    CHECK(strcmp(pb_string(g, 13), "evaluated") == 0, "eval_status %s", pb_string(g, 13));
+    CHECK(strcmp(pb_string(g, 20), "built") == 0, "build_status %s", pb_string(g, 20));
+    CHECK(strcmp(pb_string(g, 7), commit1) == 0, "selected_commit_id %s", pb_string(g, 7));
+    CHECK(strcmp(pb_string(g, 6), "main") == 0, "selected_branch_name %s", pb_string(g, 6));
+    printf("ok   state: generation %s eval=%s build=%s out=%s\n", pb_string(g, 1),
+           pb_string(g, 13), pb_string(g, 20), pb_string(g, 17));
+  }
+  genbuild_buffer_free(buf);
+  buf = (genbuild_buffer){NULL, 0};
+
+  /* ---- commit 2 builds for 300 s: suspend, resume, stop ---- */
+  rs_len = repository_status(rs, commit2);
+  expect("eval(commit 2)", genbuild_eval(g_builder, rs, rs_len, &uuid, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  char uuid2[37];
+  snprintf(uuid2, sizeof uuid2, "%s", uuid);
+  genbuild_string_free(uuid);
+  uuid = NULL;
+  wait_event(EVAL_FINISHED, uuid2, NULL, &ev);
+  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
+        ev.eval_err);
+  expect("submit_build(old generation)", genbuild_submit_build(g_builder, uuid1, &err), &err,
+         GENBUILD_RESULT_REFUSED, "another generation is evaluating or evaluated");
+  expect("submit_build(commit 2)", genbuild_submit_build(g_builder, uuid2, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  expect("submit_build(twice)", genbuild_submit_build(g_builder, uuid2, &err), &err,
+         GENBUILD_RESULT_REFUSED, "the builder is already building");
+  wait_event(BUILD_STARTED, uuid2, NULL, &ev);
+  /* The builder's first line says the sleeper runs. */
+  char started[64];
+  snprintf(started, sizeof started, "started %s", nonce);
+  wait_event(-1, uuid2, started, &ev);
+
+  expect("suspend", genbuild_suspend(g_builder, &err), &err, GENBUILD_RESULT_OK, NULL);
+  wait_event(BUILD_FINISHED, uuid2, NULL, &ev);
+  CHECK(strcmp(ev.build_status, "failed") == 0, "failed, not %s", ev.build_status);
+  CHECK(strstr(ev.build_err, "cancelled: suspended") != NULL, "build_err %s", ev.build_err);
+  expect("suspend(twice)", genbuild_suspend(g_builder, &err), &err, GENBUILD_RESULT_REFUSED,
+         "the builder is already suspended");
+  expect("state(suspended)", genbuild_state(g_builder, &buf, &err), &err, GENBUILD_RESULT_OK, NULL);
+  CHECK(pb_bool_value((slice){buf.data, buf.len}, 5), "is_suspended");
+  genbuild_buffer_free(buf);
+  buf = (genbuild_buffer){NULL, 0};
+
+  expect("resume", genbuild_resume(g_builder, &err), &err, GENBUILD_RESULT_OK, NULL);
+  wait_event(BUILD_STARTED, uuid2, NULL, &ev);
+  wait_event(-1, uuid2, started, &ev);
+  expect("stop", genbuild_stop(g_builder, &err), &err, GENBUILD_RESULT_OK, NULL);
+  wait_event(BUILD_FINISHED, uuid2, NULL, &ev);
+  CHECK(strcmp(ev.build_status, "failed") == 0, "failed, not %s", ev.build_status);
+  CHECK(strstr(ev.build_err, "cancelled: stopped") != NULL, "build_err %s", ev.build_err);
+  expect("state(stopped)", genbuild_state(g_builder, &buf, &err), &err, GENBUILD_RESULT_OK, NULL);
+  {
+    slice st = {buf.data, buf.len};
+    CHECK(!pb_bool_value(st, 1) && !pb_bool_value(st, 2), "nothing runs after stop");
+    CHECK(strcmp(pb_string(pb_message(st, 3), 20), "failed") == 0, "build failed");
+  }
+  genbuild_buffer_free(buf);
+  buf = (genbuild_buffer){NULL, 0};
+  /* Drain what is left (log lines), then the stream is quiet. */
+  while (genbuild_next_event(g_builder, 200, &buf, NULL) == GENBUILD_RESULT_OK) {
+    decode_event(buf, &ev);
+    genbuild_buffer_free(buf);
+    buf = (genbuild_buffer){NULL, 0};
+  }
+  printf("ok   %d log lines received\n", g_log_lines);
+
+  /* ---- destroy: stops and joins; then nothing the builder started is alive ---- */
+  genbuild_builder_destroy(g_builder);
+  g_builder = NULL;
+  struct stat st;
+  CHECK(stat(state_file, &st) == 0 && st.st_size > 0, "the state file was written");
+#ifdef __linux__
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid > 0) {
+      continue; /* an orphan that exited before the builder returned: reaped */
+    }
+    CHECK(pid == -1 && errno == ECHILD, "a process is still alive after destroy");
+    break;
+  }
+  printf("ok   no process left\n");
+#endif
+  cleanup();
+  printf("PASS\n");
+  return 0;
+}
