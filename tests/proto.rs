@@ -25,7 +25,7 @@ fn number_of<M: Message + Default>(set: impl FnOnce(&mut M)) -> u32 {
 }
 
 /// A field setter and the number it must be encoded with.
-type Case<M> = (u32, Box<dyn FnOnce(&mut M)>);
+type Case<'a, M> = (u32, Box<dyn FnOnce(&mut M) + 'a>);
 
 fn ts() -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds: 1, nanos: 2 })
