@@ -302,14 +302,7 @@ impl Machine {
         if !self.suspended {
             return Step::Done;
         }
-        // A build already cancelled (by a stop) is not one the suspend takes over.
-        let takes_over =
-            self.running.as_ref().is_some_and(|r| r.kind == JobKind::Build && r.cancelled.is_none());
-        let step = self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build);
-        if let (true, Some(current)) = (takes_over, &mut self.current) {
-            current.build_wanted = true;
-        }
-        step.unwrap_or(Step::Done)
+        self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build).unwrap_or(Step::Done)
     }
 
     // ---- inputs ----
@@ -360,6 +353,11 @@ impl Machine {
             }
             (JobKind::Build, Outcome::Failed(e)) => {
                 current.build = BuildStatus::Failed;
+                // Only a build the suspend did cancel is built again on resume; one
+                // that failed on its own before the cancel landed is not.
+                if let (JobError::Cancelled(_), Some(CancelReason::Suspended)) = (&e, &running.cancelled) {
+                    current.build_wanted = true;
+                }
                 let result = Err(error_text(&e));
                 self.actions.push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result }));
                 self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
@@ -698,6 +696,19 @@ mod tests {
         assert_eq!(m.wait_for_build_cancelled_by_suspend(), Step::Done);
         m.resume().unwrap();
         assert!(matches!(drain(&mut m).last(), Some(Action::StartBuild { .. })));
+    }
+
+    #[test]
+    fn a_build_that_fails_on_its_own_before_the_suspend_lands_is_not_rebuilt() {
+        let (mut m, job) = building();
+        let _ = m.suspend().unwrap();
+        m.handle_finished(job, Outcome::Failed(JobError::Failed("exit 1".into())));
+        assert_eq!(
+            drain(&mut m)[1..],
+            [record("g1", Err("exit 1".into())), Action::Notify(Notification::BuildDone("g1".into()))]
+        );
+        m.resume().unwrap();
+        assert_eq!(drain(&mut m), [], "nobody asked for this build again");
     }
 
     #[test]
