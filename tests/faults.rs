@@ -1,0 +1,325 @@
+//! Faults from outside the builder: a job's process killed with SIGKILL by someone
+//! else, and a job whose leader refuses SIGTERM.
+//!
+//! Why these matter: an OOM killer, an operator's `kill -9` or a crashing Nix are
+//! ordinary events on a deploy host. The generation must then fail with a message that
+//! says what happened ("killed by signal 9", not "exit status 1"), and the builder must
+//! not be wedged by it: the next `eval()` has to work. A leader that traps SIGTERM is
+//! the other half of the subprocess protocol: the grace period must end in SIGKILL.
+//!
+//! The Nix variant uses the real Nix of the machine (Debian's nix-bin, root
+//! single-user, settings passed as `--option`, `/etc/nix` untouched); it is skipped
+//! when Nix is missing, except under `CI=true` where that is a failure. The shell
+//! variants run everywhere.
+//!
+//! Every test checks that no process carrying its nonce is left alive. Waits are on
+//! channels with generous hang bounds; nothing here is timed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use crossbeam_channel::Receiver;
+use genbuild::proto::{event, status, Event};
+use genbuild::{Builder, NixExecutor, NixOptions, WaitStrategy};
+use rustix::process::{Pid, Signal};
+
+/// Bound of the waits of the Nix test (an evaluation and a build take well under it).
+const NIX_HANG: Duration = Duration::from_secs(120);
+
+/// Waits until a log line containing `text` arrives on `events`.
+fn wait_for_log(events: &Receiver<Event>, text: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let event = events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
+        if let Some(event::Kind::LogLine(line)) = &event.kind {
+            if line.line.contains(text) {
+                return;
+            }
+        }
+    }
+}
+
+/// Pids of live processes whose command line starts with `program` and contains `marker`.
+fn processes_of(program: &str, marker: &str) -> Vec<i32> {
+    processes_with(marker)
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            Path::new(&*String::from_utf8_lossy(argv0)).file_name().is_some_and(|n| n == program)
+        })
+        .collect()
+}
+
+fn sigkill(pid: i32) {
+    rustix::process::kill_process(Pid::from_raw(pid).expect("a positive pid"), Signal::KILL)
+        .unwrap_or_else(|e| panic!("cannot kill {pid}: {e}"));
+}
+
+/// Kills (and lists) every process left with `marker`, so that a failing test does not
+/// leak them into the next ones.
+fn kill_leftovers(marker: &str) -> Vec<String> {
+    let left = processes_with(marker);
+    let described = left
+        .iter()
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end())
+        })
+        .collect();
+    for pid in left {
+        let _ = rustix::process::kill_process(Pid::from_raw(pid).expect("a positive pid"), Signal::KILL);
+    }
+    described
+}
+
+/// A job's leader killed with SIGKILL by someone else: the generation fails with
+/// "killed by signal 9", the rest of its group goes with it, and the builder goes on.
+#[test]
+fn a_shell_job_killed_from_outside_fails_and_the_builder_goes_on() {
+    for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+        let n = nonce();
+        let mut config = config();
+        config.process.wait = wait;
+        // `; true` keeps sh from exec'ing sleep: the leader is the shell, its child the sleep.
+        let script = format!("echo started-{n}; {}; true", long_sleep(&n));
+        let (builder, store, executor) =
+            builder_with(config, ShellExecutor::new().eval_runs(script.clone()).build_runs(script));
+        let events = builder.subscribe();
+
+        // During an evaluation.
+        let uuid = builder.eval(&rs("c1")).unwrap();
+        wait_for_log(&events, &format!("started-{n}"), HANG);
+        let leaders = processes_of("sh", &n);
+        assert_eq!(leaders.len(), 1, "{wait:?}: one shell expected: {leaders:?}");
+        sigkill(leaders[0]);
+        assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+        let g = generation(&store, &uuid);
+        assert_eq!(g.eval_status, status::FAILED, "{wait:?}");
+        assert!(g.eval_err.contains("killed by signal 9"), "{wait:?}: {}", g.eval_err);
+        assert!(!builder.is_evaluating());
+        assert_no_process(&n);
+
+        // During a build.
+        *executor.eval_script.lock() = None;
+        let uuid = builder.eval(&rs("c2")).unwrap();
+        assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+        builder.submit_build(&uuid).unwrap();
+        wait_for_log(&events, &format!("started-{n}"), HANG);
+        let leaders = processes_of("sh", &n);
+        assert_eq!(leaders.len(), 1, "{wait:?}: one shell expected: {leaders:?}");
+        sigkill(leaders[0]);
+        assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
+        let g = generation(&store, &uuid);
+        assert_eq!(g.build_status, status::FAILED, "{wait:?}");
+        assert!(g.build_err.contains("killed by signal 9"), "{wait:?}: {}", g.build_err);
+        assert!(!builder.is_building());
+        assert_no_process(&n);
+
+        // The builder is not wedged: a failed build may be submitted again, and a new
+        // evaluation works.
+        *executor.build_script.lock() = None;
+        builder.submit_build(&uuid).unwrap();
+        assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
+        assert_eq!(generation(&store, &uuid).build_status, status::BUILT);
+        executor.valid.lock().clear();
+        let next = builder.eval(&rs("c3")).unwrap();
+        assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), next);
+        assert_eq!(generation(&store, &next).eval_status, status::EVALUATED);
+        assert_quiet(&builder.evaluation_done(), "evaluation_done");
+        assert_quiet(&builder.build_done(), "build_done");
+        drop(builder);
+        assert_no_process(&n);
+    }
+}
+
+/// The leader itself traps SIGTERM (prints a line and carries on sleeping): after the
+/// grace period the group gets SIGKILL. The printed line proves SIGTERM came first.
+#[test]
+fn a_leader_that_traps_sigterm_is_killed_after_the_grace_period() {
+    for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+        let n = nonce();
+        let mut config = config();
+        config.process.wait = wait;
+        config.process.kill_grace = Duration::from_millis(300);
+        // The trap handler is reset in children (only ignored signals are inherited), so
+        // each sleep dies of SIGTERM, and the shell starts another one.
+        let script = format!(
+            "trap 'echo got-term-{n} >&2' TERM; echo started-{n}; while :; do {} & wait; done",
+            long_sleep(&n)
+        );
+        let (builder, store, _) = builder_with(config, ShellExecutor::new().eval_runs(script));
+        let events = builder.subscribe();
+        let uuid = builder.eval(&rs("c1")).unwrap();
+        wait_for_log(&events, &format!("started-{n}"), HANG);
+        builder.stop();
+        assert_no_process(&n);
+        assert_eq!(generation(&store, &uuid).eval_err, "cancelled: stopped", "{wait:?}");
+        assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+        wait_for_log(&events, &format!("got-term-{n}"), HANG);
+    }
+}
+
+/// The same through a timeout rather than `stop()`, with a leader that ignores SIGTERM
+/// outright (`trap '' TERM`, inherited by its children).
+#[test]
+fn a_timed_out_job_whose_leader_ignores_sigterm_is_killed() {
+    let n = nonce();
+    let mut config = config();
+    config.build_timeout = Duration::from_millis(300);
+    config.process.kill_grace = Duration::from_millis(300);
+    let script = format!("trap '' TERM; {}; true", long_sleep(&n));
+    let (builder, store, _) = builder_with(config, ShellExecutor::new().build_runs(script));
+    let uuid = builder.eval(&rs("c1")).unwrap();
+    assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+    builder.submit_build(&uuid).unwrap();
+    assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
+    let g = generation(&store, &uuid);
+    assert_eq!((g.build_status.as_str(), g.build_err.as_str()), (status::FAILED, "timed out after 300ms"));
+    assert_no_process(&n);
+}
+
+/// Whether Nix can be used; without it this fails under `CI=true` and skips otherwise.
+fn nix_or_skip() -> bool {
+    let found = Command::new("nix-instantiate").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nix-instantiate is not runnable and CI=true: the Nix fault test needs Nix installed"
+        );
+        eprintln!("skipped: nix-instantiate is not runnable (Nix not installed)");
+    }
+    found
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Commits a legacy `default.nix` whose `system.toplevel` runs `script`; returns the commit.
+fn commit_system(repo: &Path, nonce: &str, script: &str) -> String {
+    let expr = format!(
+        r#"{{ system = {{ toplevel = derivation {{ name = "fault"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; nonce = "{nonce}"; args = [ "-c" {script:?} ]; }}; }}; }}"#
+    );
+    std::fs::write(repo.join("default.nix"), expr).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "--allow-empty", "-m", "c"]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// The Nix settings of a fresh single-user root install, and gc roots under `roots`.
+fn nix_options(roots: &Path) -> NixOptions {
+    NixOptions {
+        options: vec![
+            ("build-users-group".into(), "".into()),
+            ("substituters".into(), "".into()),
+            ("sandbox".into(), "false".into()),
+        ],
+        gc_root_dir: roots.join("roots"),
+        ..NixOptions::default()
+    }
+}
+
+/// Removes the `gcroots/auto` links pointing into `roots` (they would dangle).
+fn remove_auto_links(roots: &Path) {
+    let Ok(entries) = std::fs::read_dir("/nix/var/nix/gcroots/auto") else { return };
+    for entry in entries.flatten() {
+        if std::fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(roots)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// `nix-store --realise` killed with SIGKILL mid-build: the generation fails with
+/// "killed by signal 9" and the builder goes on (a next eval and build succeed).
+/// Returns the processes of the killed build still alive afterwards (now killed).
+fn kill_the_nix_client_mid_build() -> Vec<String> {
+    let (repo, roots) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let (n, m) = (nonce(), nonce());
+    let slow = commit_system(repo.path(), &n, &format!("echo started-{n}; sleep 300.{n}; echo > $out"));
+    let quick = commit_system(repo.path(), &m, "echo > $out");
+
+    let mut config = genbuild::BuilderConfig::new("h", repo.path());
+    config.system_attr = "system".into();
+    config.eval_timeout = NIX_HANG;
+    config.build_timeout = NIX_HANG;
+    let store = Arc::new(genbuild::Store::new());
+    let builder = Builder::new(config, store.clone(), Arc::new(NixExecutor::new(nix_options(roots.path()))));
+    let (evaluated, built, events) = (builder.evaluation_done(), builder.build_done(), builder.subscribe());
+
+    let uuid = builder.eval(&rs(&slow)).unwrap();
+    assert_eq!(evaluated.recv_timeout(NIX_HANG).unwrap(), uuid);
+    let g = generation(&store, &uuid);
+    assert_eq!(g.eval_status, status::EVALUATED, "{}", g.eval_err);
+    builder.submit_build(&uuid).unwrap();
+    wait_for_log(&events, &format!("started-{n}"), NIX_HANG);
+    let clients = processes_of("nix-store", &g.drv_path);
+    assert_eq!(clients.len(), 1, "one nix-store expected: {clients:?}");
+    sigkill(clients[0]);
+    assert_eq!(built.recv_timeout(NIX_HANG).unwrap(), uuid);
+    let g = generation(&store, &uuid);
+    assert_eq!(g.build_status, status::FAILED);
+    assert!(g.build_err.contains("killed by signal 9"), "{}", g.build_err);
+    assert!(!builder.is_building());
+    // The builder's shell dies with its parent (Nix sets PR_SET_PDEATHSIG): give it a
+    // moment, then whatever carries the nonce is a leftover.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while processes_with(&n).len() > 1 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let leftovers = kill_leftovers(&n);
+    assert_no_process(&n);
+
+    let uuid = builder.eval(&rs(&quick)).unwrap();
+    assert_eq!(evaluated.recv_timeout(NIX_HANG).unwrap(), uuid);
+    let g = generation(&store, &uuid);
+    assert_eq!(g.eval_status, status::EVALUATED, "{}", g.eval_err);
+    builder.submit_build(&uuid).unwrap();
+    assert_eq!(built.recv_timeout(NIX_HANG).unwrap(), uuid);
+    let g = generation(&store, &uuid);
+    assert_eq!(g.build_status, status::BUILT, "{}", g.build_err);
+    drop(builder);
+    remove_auto_links(roots.path());
+    assert_no_process(&m);
+    leftovers
+}
+
+#[test]
+fn a_nix_client_killed_from_outside_fails_the_build_and_the_builder_goes_on() {
+    if !nix_or_skip() {
+        return;
+    }
+    let leftovers = kill_the_nix_client_mid_build();
+    if !leftovers.is_empty() {
+        eprintln!("known issue (see the ignored test below), killed by the test: {leftovers:?}");
+    }
+}
+
+/// The derivation's `sleep` outlives a Nix client killed from outside: Nix builders
+/// call `setsid`, the builder's shell dies with its parent, and its child is
+/// re-parented to init, out of reach of the group kill genbuild does once the leader
+/// exited. The reference has the same fault on every cancellation; genbuild only on
+/// this external kill, because it walks the tree only when it cancels.
+#[test]
+#[ignore = "genbuild bug: the builder of a Nix client killed from outside is left running"]
+fn a_nix_client_killed_from_outside_leaves_no_builder_behind() {
+    if !nix_or_skip() {
+        return;
+    }
+    let leftovers = kill_the_nix_client_mid_build();
+    assert!(leftovers.is_empty(), "the killed client's builder outlived it: {leftovers:?}");
+}

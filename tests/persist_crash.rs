@@ -1,0 +1,210 @@
+//! The process killed with SIGKILL at random points while it persists its state, 200
+//! times: every state file left behind must open (`Store::open`) to a consistent state.
+//!
+//! Why: the reference truncates its state file and rewrites it in place, so a crash
+//! mid-write loses everything. genbuild writes a temporary file, fsyncs, renames. The
+//! only honest test of that is to crash a real process at arbitrary instants.
+//!
+//! How: the parent test re-executes this very test binary (`current_exe()`) running
+//! only the ignored [`persist_child`] test, with the state file's path in
+//! [`STATE_ENV`]. The child opens the store (the previous child's crash left it), says
+//! "started" on stdout, and loops creating, evaluating, building and pre-empting
+//! generations; every one of those steps rewrites the file. The parent waits for the
+//! "started" line (synchronisation on a channel, not a sleep), then waits a
+//! pseudo-random delay from a seeded xorshift (the kill point: that delay is what is
+//! under test) and sends SIGKILL. It then opens a copy of the file and checks it, and
+//! leaves the original for the next child to load, so that the load of a crashed file
+//! and its "interrupted" rewrite are exercised too.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use genbuild::proto::{status, Generation};
+use genbuild::{Builder, Store};
+
+/// Where the child persists; unset, the child test does nothing.
+const STATE_ENV: &str = "GENBUILD_PERSIST_CRASH_STATE";
+const STARTED: &str = "GENBUILD-PERSIST-CHILD-STARTED";
+const KILLS: usize = 200;
+/// The kill lands within this long after the child said it started.
+const MAX_DELAY_MICROS: u64 = 40_000;
+
+/// A seeded xorshift64: the same kill points on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Not a test of its own: the body of the child process the parent kills.
+#[test]
+#[ignore = "run by persisted_state_survives_sigkill_at_random_points in a child process"]
+fn persist_child() {
+    let Some(path) = std::env::var_os(STATE_ENV) else { return };
+    let store = Arc::new(Store::open(&path).expect("the state file left by the last crash opens"));
+    let executor = Arc::new(ShellExecutor::new());
+    let builder = Builder::new(config(), store, executor.clone());
+    let (evaluated, built) = (builder.evaluation_done(), builder.build_done());
+    let mut rng = XorShift(std::process::id() as u64 | 1);
+    println!("{STARTED}");
+    // Bounded, so that an orphaned child ends on its own.
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    while Instant::now() < end {
+        i += 1;
+        if rng.below(4) == 0 {
+            executor.valid.lock().clear();
+        }
+        let uuid = builder.eval(&rs(&format!("{i:040x}"))).unwrap();
+        match rng.below(4) {
+            // Pre-empted by the next eval at once.
+            0 => continue,
+            1 => {
+                builder.suspend().unwrap();
+                builder.resume().unwrap();
+            }
+            _ => {}
+        }
+        crossbeam_channel::select! {
+            recv(evaluated) -> got => {
+                assert_eq!(got.unwrap(), uuid);
+                builder.submit_build(&uuid).unwrap();
+                assert_eq!(recv(&built, "build_done"), uuid);
+            }
+            recv(built) -> got => assert_eq!(got.unwrap(), uuid),
+            default(HANG) => panic!("no notification for {uuid} within {HANG:?}"),
+        }
+    }
+    panic!("the parent never killed this child");
+}
+
+/// What a store loaded after a crash must look like.
+fn check_consistent(generations: &[Generation], kill: usize) {
+    assert!(generations.len() <= 4, "kill {kill}: the store keeps at most 4 generations: {generations:#?}");
+    let mut uuids: Vec<&str> = generations.iter().map(|g| g.uuid.as_str()).collect();
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!(uuids.len(), generations.len(), "kill {kill}: duplicate uuids: {generations:#?}");
+    for g in generations {
+        let context = || format!("kill {kill}: {g:#?}");
+        assert!(!g.uuid.is_empty() && g.hostname == "host1", "{}", context());
+        assert_eq!(g.selected_commit_id.len(), 40, "{}", context());
+        assert!(g.eval_started_at.is_some(), "{}", context());
+        // Nothing is running after a load: an interrupted step is recorded failed.
+        assert!([status::EVALUATED, status::FAILED].contains(&g.eval_status.as_str()), "{}", context());
+        assert!(
+            [status::INITIALIZED, status::BUILT, status::FAILED].contains(&g.build_status.as_str()),
+            "{}",
+            context()
+        );
+        assert!(g.eval_ended_at.is_some(), "{}", context());
+        if g.eval_status == status::EVALUATED {
+            assert!(!g.drv_path.is_empty() && !g.out_path.is_empty(), "{}", context());
+        } else {
+            assert!(!g.eval_err.is_empty(), "{}", context());
+        }
+        if g.build_status == status::BUILT {
+            assert_eq!(g.eval_status, status::EVALUATED, "{}", context());
+        }
+        if g.build_status != status::INITIALIZED {
+            assert!(g.build_started_at.is_some() && g.build_ended_at.is_some(), "{}", context());
+            assert!(!g.build_reason.is_empty(), "{}", context());
+        }
+        if g.build_status == status::FAILED {
+            assert!(!g.build_err.is_empty(), "{}", context());
+        }
+    }
+}
+
+/// Temporary files of interrupted writes in `dir` (removed, counted).
+fn remove_temp_files(dir: &Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            std::fs::remove_file(entry.path()).unwrap();
+            count += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn persisted_state_survives_sigkill_at_random_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.pb");
+    let check_dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let (mut mid_write, mut generations_seen) = (0, 0);
+    for kill in 0..KILLS {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "persist_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(STATE_ENV, &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (started_tx, started) = crossbeam_channel::bounded(1);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(STARTED) {
+                    let _ = started_tx.send(());
+                }
+            }
+        });
+        if started.recv_timeout(HANG).is_err() {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("kill {kill}: the child never started: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(MAX_DELAY_MICROS)));
+        child.kill().unwrap();
+        let output = child.wait_with_output().unwrap();
+        reader.join().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(9),
+            "kill {kill}: the child ended on its own: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        mid_write += usize::from(remove_temp_files(dir.path()) > 0);
+        // Checked on a copy: the original is what the next child loads.
+        let copy = check_dir.path().join("state.pb");
+        if path.exists() {
+            std::fs::copy(&path, &copy).unwrap();
+        }
+        let store = Store::open(&copy).unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+        let generations = store.generations();
+        generations_seen += generations.len();
+        check_consistent(&generations, kill);
+    }
+    eprintln!(
+        "{KILLS} kills, {mid_write} of them between a temporary file's creation and its rename; \
+         {generations_seen} generations checked"
+    );
+    assert!(generations_seen > 0, "the children never persisted anything");
+    // Every child was reaped above, and its jobs start no process; none may be left.
+    assert_no_process("persist_child");
+}
