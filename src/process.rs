@@ -143,17 +143,51 @@ type ProcId = (i32, Option<u64>);
 /// Every process below `roots` (not including them unless they are below another
 /// root), with its start time so that a recycled pid is never mistaken for it.
 fn descendants(roots: &HashSet<ProcId>) -> HashSet<ProcId> {
-    let table = process_table();
+    walk(roots, has_children_lists())
+}
+
+fn walk(roots: &HashSet<ProcId>, children_lists: bool) -> HashSet<ProcId> {
     let mut found = HashSet::new();
     let mut queue: VecDeque<i32> = roots.iter().map(|&(pid, _)| pid).collect();
+    // Without the kernel's children lists, one scan of /proc serves the whole walk.
+    let table = if children_lists { Vec::new() } else { process_table() };
     while let Some(parent) = queue.pop_front() {
-        for &(pid, ppid, started) in &table {
-            if ppid == parent && found.insert((pid, Some(started))) {
-                queue.push_back(pid);
+        let children: Vec<(i32, Option<u64>)> = if children_lists {
+            children_of(parent).into_iter().map(|pid| (pid, start_time(pid))).collect()
+        } else {
+            table
+                .iter()
+                .filter(|&&(_, ppid, _)| ppid == parent)
+                .map(|&(pid, _, started)| (pid, Some(started)))
+                .collect()
+        };
+        for child in children {
+            if child.1.is_some() && found.insert(child) {
+                queue.push_back(child.0);
             }
         }
     }
     found
+}
+
+/// Whether the kernel lists each task's children (`/proc/PID/task/TID/children`,
+/// CONFIG_PROC_CHILDREN): a walk then reads only the subtree, not every process.
+fn has_children_lists() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        let me = std::process::id();
+        std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// The children of every thread of `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .collect()
 }
 
 /// `(pid, ppid, start time)` of every process, from /proc.
@@ -384,6 +418,28 @@ mod tests {
         let me = std::process::id() as i32;
         let (ppid, _) = stat_fields(me).expect("own stat");
         assert_eq!(ppid, rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()));
+    }
+
+    #[test]
+    fn both_tree_walks_find_the_same_descendants() {
+        let mut child = Command::new("sh").args(["-c", "sleep 30 & (sleep 30 & wait) & wait"]).spawn().unwrap();
+        let root: HashSet<ProcId> = [(child.id() as i32, None)].into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = walk(&root, false);
+            if found.len() == 3 || Instant::now() > deadline {
+                break found;
+            }
+        };
+        assert_eq!(found.len(), 3, "below sh: its subshell and two sleeps: {found:?}");
+        if has_children_lists() {
+            assert_eq!(walk(&root, true), found);
+        }
+        for &(pid, _) in &found {
+            let _ = rustix::process::kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL);
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
     }
 
     #[test]

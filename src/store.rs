@@ -66,6 +66,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreState::default(),
             Err(e) => return Err(Error::StoreIo { action: "read", path, reason: e.to_string() }),
         };
+        remove_interrupted_writes(&path);
         let store = Store { path: Some(path), state: Mutex::new(Inner { data, last_error: None }) };
         let mut inner = store.state.lock();
         let mut interrupted = false;
@@ -251,6 +252,30 @@ fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now())
 }
 
+/// The directory of `path` and the prefix and suffix of its temporary files.
+fn temp_file_pattern(path: &Path) -> (&Path, String, &'static str) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (dir, format!(".{name}."), ".tmp")
+}
+
+/// Removes the temporary files of writes a crash interrupted before their rename.
+fn remove_interrupted_writes(path: &Path) {
+    let (dir, prefix, suffix) = temp_file_pattern(path);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(suffix) {
+            log::info!("removing {}, left by an interrupted write", entry.path().display());
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |action, e: std::io::Error| Error::StoreIo {
@@ -258,12 +283,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let (dir, prefix, suffix) = temp_file_pattern(path);
+    let tmp = dir.join(format!("{prefix}{}{suffix}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(|e| io("create a temporary file beside", e))?;
         file.write_all(bytes).map_err(|e| io("write", e))?;

@@ -121,6 +121,7 @@ fn a_new_eval_preempts_a_running_evaluation() {
     let (builder, store, executor) = builder(ShellExecutor::new().eval_runs(long_sleep(&n)));
     let first = builder.eval(&rs("c1")).unwrap();
     assert!(builder.is_evaluating());
+    wait_for_processes(&n, 1);
     *executor.eval_script.lock() = None;
     let second = builder.eval(&rs("c2")).unwrap();
     // The first job's result is recorded before eval() returns.
@@ -300,11 +301,7 @@ fn a_descendant_that_ignores_sigterm_is_killed_after_the_grace_period() {
         let script = format!("setsid sh -c 'trap \"\" TERM; {} & wait' & wait", long_sleep(&n));
         let (builder, store, _) = builder_with(config, ShellExecutor::new().eval_runs(script));
         let uuid = builder.eval(&rs("c1")).unwrap();
-        let deadline = Instant::now() + HANG;
-        while processes_with(&format!("300.{n}")).len() < 2 {
-            assert!(Instant::now() < deadline, "the test's processes never started");
-            std::thread::yield_now();
-        }
+        wait_for_processes(&format!("300.{n}"), 2);
         builder.stop();
         assert_no_process(&n);
         assert_eq!(generation(&store, &uuid).eval_err, "cancelled: stopped", "{wait:?}");

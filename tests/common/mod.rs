@@ -147,6 +147,15 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until `count` processes carrying `marker` run (a job has really started).
+pub fn wait_for_processes(marker: &str, count: usize) {
+    let deadline = Instant::now() + HANG;
+    while processes_with(marker).len() < count {
+        assert!(Instant::now() < deadline, "fewer than {count} processes with {marker} ever ran");
+        std::thread::yield_now();
+    }
+}
+
 /// Fails if a process carrying `marker` is alive. Processes killed a moment ago may
 /// still be exiting (their parent not reaped them yet), hence the short bound.
 pub fn assert_no_process(marker: &str) {
