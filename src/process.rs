@@ -422,7 +422,8 @@ mod tests {
 
     #[test]
     fn both_tree_walks_find_the_same_descendants() {
-        let mut child = Command::new("sh").args(["-c", "sleep 30 & (sleep 30 & wait) & wait"]).spawn().unwrap();
+        let mut child =
+            Command::new("sh").args(["-c", "sleep 30 & (sleep 30 & wait) & wait"]).spawn().unwrap();
         let root: HashSet<ProcId> = [(child.id() as i32, None)].into();
         let deadline = Instant::now() + Duration::from_secs(10);
         let found = loop {

@@ -135,7 +135,11 @@ fn check_consistent(generations: &[Generation], kill: usize) {
 
 /// Temporary files of interrupted writes in `dir`.
 fn temp_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count()
 }
 
 #[test]
