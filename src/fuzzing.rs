@@ -5,7 +5,7 @@
 //! Three checks:
 //! * [`check_machine`] drives [`Machine`] the way [`Builder`](crate::Builder) does
 //!   (drain every action, complete a job a command waits for, retry the command) and
-//!   compares everything it emits with [`Reference`], a second model of DESIGN.md's
+//!   compares everything it emits with `Reference`, a second model of DESIGN.md's
 //!   Semantics written without looking at the machine's code. Divergences are either a
 //!   bug of the machine or an ambiguity of DESIGN.md; both deserve a look.
 //! * [`check_builder`] runs the same sequences against the threaded
