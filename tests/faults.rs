@@ -44,14 +44,23 @@ fn wait_for_log(events: &Receiver<Event>, text: &str, bound: Duration) {
     }
 }
 
-/// Pids of live processes whose command line starts with `program` and contains `marker`.
-fn processes_of(program: &str, marker: &str) -> Vec<i32> {
+/// Pids of live process-group leaders whose command line starts with `program` and
+/// contains `marker`.
+fn group_leaders(program: &str, marker: &str) -> Vec<i32> {
     processes_with(marker)
         .into_iter()
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
             Path::new(&*String::from_utf8_lossy(argv0)).file_name().is_some_and(|n| n == program)
+        })
+        // The leader of its process group: a child forked but not yet exec'd has the
+        // same command line, never the same group id as its pid.
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let pgid =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse().ok());
+            pgid == Some(*pid)
         })
         .collect()
 }
@@ -95,7 +104,7 @@ fn a_shell_job_killed_from_outside_fails_and_the_builder_goes_on() {
         // During an evaluation.
         let uuid = builder.eval(&rs("c1")).unwrap();
         wait_for_log(&events, &format!("started-{n}"), HANG);
-        let leaders = processes_of("sh", &n);
+        let leaders = group_leaders("sh", &n);
         assert_eq!(leaders.len(), 1, "{wait:?}: one shell expected: {leaders:?}");
         sigkill(leaders[0]);
         assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
@@ -111,7 +120,7 @@ fn a_shell_job_killed_from_outside_fails_and_the_builder_goes_on() {
         assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
         builder.submit_build(&uuid).unwrap();
         wait_for_log(&events, &format!("started-{n}"), HANG);
-        let leaders = processes_of("sh", &n);
+        let leaders = group_leaders("sh", &n);
         assert_eq!(leaders.len(), 1, "{wait:?}: one shell expected: {leaders:?}");
         sigkill(leaders[0]);
         assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
@@ -267,7 +276,7 @@ fn kill_the_nix_client_mid_build() -> Vec<String> {
     assert_eq!(g.eval_status, status::EVALUATED, "{}", g.eval_err);
     builder.submit_build(&uuid).unwrap();
     wait_for_log(&events, &format!("started-{n}"), NIX_HANG);
-    let clients = processes_of("nix-store", &g.drv_path);
+    let clients = group_leaders("nix-store", &g.drv_path);
     assert_eq!(clients.len(), 1, "one nix-store expected: {clients:?}");
     sigkill(clients[0]);
     assert_eq!(built.recv_timeout(NIX_HANG).unwrap(), uuid);
