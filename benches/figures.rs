@@ -39,14 +39,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 use genbuild::proto::{self, event, Event};
 use genbuild::{
-    Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, NixExecutor, NixOptions,
-    Store,
+    Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, NixExecutor, Store,
 };
 use parking_lot::Mutex;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::nix::{Env, Repo, SETTINGS};
+use common::{fd_count, nonce, processes_with, rs, thread_count};
+
 const HANG: Duration = Duration::from_secs(300);
-const NIX_SETTINGS: [(&str, &str); 3] =
-    [("build-users-group", ""), ("substituters", ""), ("sandbox", "false")];
 
 /// Repetitions and sizes; `--quick` shrinks them.
 struct Plan {
@@ -178,28 +181,6 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
-fn nonce() -> String {
-    format!("{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000)
-}
-
-/// Pids of live, non-zombie processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
-        })
-        .collect()
-}
-
 /// The processes left with `marker` once those dying with their parent had a moment
 /// to go; all of them are killed afterwards.
 fn count_and_kill_leftovers(marker: &str) -> usize {
@@ -215,14 +196,6 @@ fn count_and_kill_leftovers(marker: &str) -> usize {
         }
     }
     left.len()
-}
-
-fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 /// user + system CPU time of this process (all threads, dead ones included).
@@ -249,25 +222,7 @@ fn now_ns() -> u128 {
 }
 
 fn nix_args() -> Vec<String> {
-    NIX_SETTINGS.iter().flat_map(|(k, v)| ["--option".to_string(), k.to_string(), v.to_string()]).collect()
-}
-
-fn nix_options(roots: &Path) -> NixOptions {
-    NixOptions {
-        options: NIX_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        gc_root_dir: roots.join("roots"),
-        ..NixOptions::default()
-    }
-}
-
-/// Removes the `gcroots/auto` links pointing into `roots` (they would dangle).
-fn remove_auto_links(roots: &Path) {
-    let Ok(entries) = std::fs::read_dir("/nix/var/nix/gcroots/auto") else { return };
-    for entry in entries.flatten() {
-        if std::fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(roots)) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
+    SETTINGS.iter().flat_map(|(k, v)| ["--option".to_string(), k.to_string(), v.to_string()]).collect()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -282,46 +237,22 @@ fn git(dir: &Path) -> Command {
     cmd
 }
 
-/// A temporary git repository whose commits hold a legacy `default.nix`.
-struct Repo {
-    dir: tempfile::TempDir,
+/// Commits a `default.nix` whose `system.toplevel` runs `script` with `env` as an
+/// extra derivation attribute (Nix source); returns the commit id.
+fn commit_system(repo: &Repo, name: &str, script: &str, env: &str) -> String {
+    let expr = format!(
+        r#"{{ system = {{ toplevel = derivation {{ name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = [ "-c" {script:?} ]; extra = {env}; }}; }}; }}"#
+    );
+    repo.write("default.nix", &expr).commit()
 }
 
-impl Repo {
-    fn new() -> Repo {
-        let repo = Repo { dir: tempfile::tempdir().unwrap() };
-        run(git(repo.path()).args(["init", "-q", "-b", "main"]));
-        repo
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Commits a `default.nix` whose `system.toplevel` runs `script` with `env` as an
-    /// extra derivation attribute (Nix source); returns the commit id.
-    fn commit_system(&self, name: &str, script: &str, env: &str) -> String {
-        let expr = format!(
-            r#"{{ system = {{ toplevel = derivation {{ name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; args = [ "-c" {script:?} ]; extra = {env}; }}; }}; }}"#
-        );
-        std::fs::write(self.path().join("default.nix"), expr).unwrap();
-        run(git(self.path()).args(["add", "-A"]));
-        run(git(self.path()).args(["commit", "-q", "--allow-empty", "-m", "c"]));
-        run(git(self.path()).args(["rev-parse", "HEAD"]))
-    }
-}
-
-fn rs(commit: &str) -> proto::RepositoryStatus {
-    proto::RepositoryStatus { selected_commit_id: commit.into(), ..Default::default() }
-}
-
-fn nix_builder(repo: &Repo, roots: &Path) -> (Builder, Arc<Store>) {
+fn nix_builder(repo: &Repo, env: &Env) -> (Builder, Arc<Store>) {
     let mut config = BuilderConfig::new("bench", repo.path());
     config.system_attr = "system".into();
     config.eval_timeout = HANG;
     config.build_timeout = HANG;
     let store = Arc::new(Store::new());
-    (Builder::new(config, store.clone(), Arc::new(NixExecutor::new(nix_options(roots)))), store)
+    (Builder::new(config, store.clone(), Arc::new(NixExecutor::new(env.options()))), store)
 }
 
 fn wait_for_log(events: &Receiver<Event>, text: &str) {
@@ -345,9 +276,9 @@ const HEAVY: &str = "(let f = n: if n == 0 then 0 else 1 + f (n - 1); \
                      in toString (builtins.foldl' (a: i: a + builtins.seq (f 10000) i) 0 (builtins.genList (x: x) 900)))";
 
 fn eval_rows(plan: &Plan) -> Vec<Row> {
-    let (repo, roots) = (Repo::new(), tempfile::tempdir().unwrap());
-    let commit = repo.commit_system("heavy", "echo > $out", HEAVY);
-    let (builder, store) = nix_builder(&repo, roots.path());
+    let (repo, env) = (Repo::new(), Env::new());
+    let commit = commit_system(&repo, "heavy", "echo > $out", HEAVY);
+    let (builder, store) = nix_builder(&repo, &env);
     let evaluated = builder.evaluation_done();
     let paths_expr = |dir: &Path| {
         format!(
@@ -400,7 +331,6 @@ fn eval_rows(plan: &Plan) -> Vec<Row> {
         }
     }
     drop(builder);
-    remove_auto_links(roots.path());
     let (ours, reference, bare) = (median(ours), median(reference), median(bare));
     vec![
         row(
@@ -424,15 +354,15 @@ fn eval_rows(plan: &Plan) -> Vec<Row> {
 // stop
 
 fn stop_rows(plan: &Plan) -> Vec<Row> {
-    let (repo, roots) = (Repo::new(), tempfile::tempdir().unwrap());
-    let (builder, store) = nix_builder(&repo, roots.path());
+    let (repo, env) = (Repo::new(), Env::new());
+    let (builder, store) = nix_builder(&repo, &env);
     let (evaluated, built, events) = (builder.evaluation_done(), builder.build_done(), builder.subscribe());
     let (mut ours, mut reference, mut ours_left, mut ref_left) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..plan.stop_reps {
         // genbuild: a real build, stopped once its builder printed.
         let n = nonce();
         let script = format!("echo started-{n}; sleep 300.{n}; echo > $out");
-        let commit = repo.commit_system(&format!("stop-{n}"), &script, "\"\"");
+        let commit = commit_system(&repo, &format!("stop-{n}"), &script, "\"\"");
         let uuid = builder.eval(&rs(&commit)).unwrap();
         assert_eq!(evaluated.recv_timeout(HANG).unwrap(), uuid);
         let drv = store.generation(&uuid).unwrap().drv_path;
@@ -449,7 +379,7 @@ fn stop_rows(plan: &Plan) -> Vec<Row> {
         // Reference: the same kind of build, its Nix client killed with SIGKILL.
         let m = nonce();
         let script = format!("echo started-{m}; sleep 300.{m}; echo > $out");
-        repo.commit_system(&format!("stop-{m}"), &script, "\"\"");
+        commit_system(&repo, &format!("stop-{m}"), &script, "\"\"");
         let drv = run(Command::new("nix-instantiate")
             .args(nix_args())
             .arg(repo.path())
@@ -470,7 +400,6 @@ fn stop_rows(plan: &Plan) -> Vec<Row> {
         ref_left += count_and_kill_leftovers(&m);
     }
     drop(builder);
-    remove_auto_links(roots.path());
     let (ours, reference) = (median(ours), median(reference));
     vec![
         row(

@@ -18,18 +18,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::nix::{nix_or_skip, Env, Repo};
 use common::*;
 use crossbeam_channel::Receiver;
 use genbuild::proto::{event, status, Event};
-use genbuild::{Builder, NixExecutor, NixOptions, WaitStrategy};
+use genbuild::{Builder, NixExecutor, WaitStrategy};
 use rustix::process::{Pid, Signal};
 
 /// Bound of the waits of the Nix test (an evaluation and a build take well under it).
-const NIX_HANG: Duration = Duration::from_secs(120);
+const NIX_HANG: Duration = common::nix::HANG;
 
 /// Waits until a log line containing `text` arrives on `events`.
 fn wait_for_log(events: &Receiver<Event>, text: &str, bound: Duration) {
@@ -193,81 +193,29 @@ fn a_timed_out_job_whose_leader_ignores_sigterm_is_killed() {
     assert_no_process(&n);
 }
 
-/// Whether Nix can be used; without it this fails under `CI=true` and skips otherwise.
-fn nix_or_skip() -> bool {
-    let found = Command::new("nix-instantiate").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nix-instantiate is not runnable and CI=true: the Nix fault test needs Nix installed"
-        );
-        eprintln!("skipped: nix-instantiate is not runnable (Nix not installed)");
-    }
-    found
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Commits a legacy `default.nix` whose `system.toplevel` runs `script`; returns the commit.
-fn commit_system(repo: &Path, nonce: &str, script: &str) -> String {
+fn commit_system(repo: &Repo, nonce: &str, script: &str) -> String {
     let expr = format!(
         r#"{{ system = {{ toplevel = derivation {{ name = "fault"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/bin:/usr/bin"; nonce = "{nonce}"; args = [ "-c" {script:?} ]; }}; }}; }}"#
     );
-    std::fs::write(repo.join("default.nix"), expr).unwrap();
-    git(repo, &["add", "-A"]);
-    git(repo, &["commit", "-q", "--allow-empty", "-m", "c"]);
-    git(repo, &["rev-parse", "HEAD"])
-}
-
-/// The Nix settings of a fresh single-user root install, and gc roots under `roots`.
-fn nix_options(roots: &Path) -> NixOptions {
-    NixOptions {
-        options: vec![
-            ("build-users-group".into(), "".into()),
-            ("substituters".into(), "".into()),
-            ("sandbox".into(), "false".into()),
-        ],
-        gc_root_dir: roots.join("roots"),
-        ..NixOptions::default()
-    }
-}
-
-/// Removes the `gcroots/auto` links pointing into `roots` (they would dangle).
-fn remove_auto_links(roots: &Path) {
-    let Ok(entries) = std::fs::read_dir("/nix/var/nix/gcroots/auto") else { return };
-    for entry in entries.flatten() {
-        if std::fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(roots)) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
+    repo.write("default.nix", &expr).commit()
 }
 
 /// `nix-store --realise` killed with SIGKILL mid-build: the generation fails with
 /// "killed by signal 9" and the builder goes on (a next eval and build succeed).
 /// Returns the processes of the killed build still alive afterwards (now killed).
 fn kill_the_nix_client_mid_build() -> Vec<String> {
-    let (repo, roots) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    git(repo.path(), &["init", "-q", "-b", "main"]);
+    let (repo, env) = (Repo::new(), Env::new());
     let (n, m) = (nonce(), nonce());
-    let slow = commit_system(repo.path(), &n, &format!("echo started-{n}; sleep 300.{n}; echo > $out"));
-    let quick = commit_system(repo.path(), &m, "echo > $out");
+    let slow = commit_system(&repo, &n, &format!("echo started-{n}; sleep 300.{n}; echo > $out"));
+    let quick = commit_system(&repo, &m, "echo > $out");
 
     let mut config = genbuild::BuilderConfig::new("h", repo.path());
     config.system_attr = "system".into();
     config.eval_timeout = NIX_HANG;
     config.build_timeout = NIX_HANG;
     let store = Arc::new(genbuild::Store::new());
-    let builder = Builder::new(config, store.clone(), Arc::new(NixExecutor::new(nix_options(roots.path()))));
+    let builder = Builder::new(config, store.clone(), Arc::new(NixExecutor::new(env.options())));
     let (evaluated, built, events) = (builder.evaluation_done(), builder.build_done(), builder.subscribe());
 
     let uuid = builder.eval(&rs(&slow)).unwrap();
@@ -302,7 +250,6 @@ fn kill_the_nix_client_mid_build() -> Vec<String> {
     let g = generation(&store, &uuid);
     assert_eq!(g.build_status, status::BUILT, "{}", g.build_err);
     drop(builder);
-    remove_auto_links(roots.path());
     assert_no_process(&m);
     leftovers
 }

@@ -8,6 +8,8 @@
 //! (`tests/ffi/valgrind.sh`), with `tests/ffi/valgrind.supp` naming the one block of
 //! Rust's std that is never freed for a thread std did not create.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -150,46 +152,16 @@ fn the_readme_example_compiles() {
     compile("example.c", &dir.path().join("example"));
 }
 
-/// Whether Nix can be used. Without it the test fails under `CI=true` and is skipped
-/// (with a message) otherwise.
-fn nix_or_skip() -> bool {
-    let found = ["nix-instantiate", "nix-store"]
-        .iter()
-        .all(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nix-instantiate or nix-store is not runnable and CI=true: the C test needs Nix installed"
-        );
-        eprintln!("skipped: nix-instantiate or nix-store is not runnable (Nix not installed)");
-    }
-    found
-}
-
-/// Pids of processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(marker).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
 #[test]
 fn the_c_program_drives_a_builder_through_real_nix() {
     let _serial = serial();
-    if !nix_or_skip() {
+    if !common::nix::nix_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let program = dir.path().join("genbuild_test");
     compile("genbuild_test.c", &program);
-    let nonce = format!("{:018}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000_000_000_000);
+    let nonce = common::nix::nonce();
 
     let valgrind = std::env::var("VALGRIND").as_deref() == Ok("1");
     let mut cmd = if valgrind {
@@ -209,7 +181,6 @@ fn the_c_program_drives_a_builder_through_real_nix() {
             println!("valgrind: {line}");
         }
     }
-    let left = processes_with(&nonce);
     assert!(output.status.success(), "the C program failed: {}", output.status);
-    assert!(left.is_empty(), "processes left alive with {nonce}: {left:?}");
+    common::assert_no_process(&nonce);
 }

@@ -5,10 +5,6 @@ mod common;
 
 use common::*;
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 #[test]
 fn a_thousand_preemptions_leave_no_thread_fd_or_process_behind() {
     let (threads, fds) = (thread_count(), fd_count());

@@ -1,12 +1,12 @@
 //! [`FlakeExecutor`] against the real Nix: `nix eval` of `git+file://…?rev=…`, builds
 //! with `nix build --out-link`, driven through the `Builder`.
 
-mod nixtest;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::nix::*;
 use genbuild::{FlakeExecutor, BUILD_REASON_ALREADY_BUILT};
-use nixtest::*;
 
 /// `s` as a Nix string literal.
 fn nix_str(s: &str) -> String {

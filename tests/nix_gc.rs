@@ -2,12 +2,12 @@
 //! A collection deletes whatever other tests have not rooted yet, so this binary must
 //! run alone: `cargo test --test nix_gc -- --test-threads=1`, not beside other Nix tests.
 
-mod nixtest;
+mod common;
 
 use std::process::Command;
 
+use common::nix::*;
 use genbuild::{Executor, FlakeExecutor, NixExecutor, NixOptions};
-use nixtest::*;
 
 fn gc() {
     let out = Command::new("nix-store").arg("--gc").output().expect("nix-store --gc");

@@ -1,12 +1,12 @@
 //! [`NixExecutor`] against the real Nix: evaluation of a checkout with
 //! `nix-instantiate`, builds with `nix-store --realise`, driven through the `Builder`.
 
-mod nixtest;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::nix::*;
 use genbuild::{NixExecutor, BUILD_REASON_ALREADY_BUILT};
-use nixtest::*;
 
 /// A legacy `default.nix` taking `hostname`, whose `system.toplevel` runs `script`.
 fn legacy(nonce: &str, script: &str, machine_id: Option<&str>) -> String {

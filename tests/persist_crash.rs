@@ -35,24 +35,6 @@ const KILLS: usize = 200;
 /// The kill lands within this long after the child said it started.
 const MAX_DELAY_MICROS: u64 = 40_000;
 
-/// A seeded xorshift64: the same kill points on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Not a test of its own: the body of the child process the parent kills.
 #[test]
 #[ignore = "run by persisted_state_survives_sigkill_at_random_points in a child process"]

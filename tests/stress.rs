@@ -27,28 +27,6 @@ const THREADS: usize = 8;
 const RUN: Duration = Duration::from_secs(10);
 const WATCHDOG: Duration = Duration::from_secs(20);
 
-/// A seeded xorshift64.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 /// What every thread saw, checked once all are done.
 #[derive(Default)]
 struct Seen {

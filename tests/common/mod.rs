@@ -2,6 +2,8 @@
 //! the checks that nothing a test started is left behind.
 #![allow(dead_code)]
 
+pub mod nix;
+
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
@@ -167,6 +169,29 @@ pub fn assert_no_process(marker: &str) {
         }
         assert!(Instant::now() < deadline, "processes left alive with {marker}: {left:?}");
         std::thread::yield_now();
+    }
+}
+
+/// The number of open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A seeded xorshift64: the same sequence on every run.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 }
 

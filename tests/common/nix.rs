@@ -1,7 +1,6 @@
 //! Helpers of the real-Nix tests: temporary git repositories holding tiny systems
 //! (no nixpkgs, no network), the Nix settings a fresh single-user root install needs,
 //! a builder harness, and the check that no process of a test is left.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+
+#[allow(unused_imports)] // not every test binary uses both
+pub use super::{assert_no_process, processes_with};
 use genbuild::{proto, Builder, BuilderConfig, Executor, NixOptions, Store};
 
 /// Bound on waits that only guard against hangs (Nix evaluations are fast here).
@@ -50,6 +52,11 @@ pub fn drv(name: &str, nonce: &str, script: &str, system: &str) -> String {
     )
 }
 
+/// What a fresh single-user root install of Debian's nix-bin needs, passed as
+/// `--option` (the machine's /etc/nix is never edited).
+pub const SETTINGS: [(&str, &str); 3] =
+    [("build-users-group", ""), ("substituters", ""), ("sandbox", "false")];
+
 /// The settings of the tests, and a gc root dir of their own (outside gcroots/).
 pub struct Env {
     pub roots: tempfile::TempDir,
@@ -62,11 +69,7 @@ impl Env {
 
     pub fn options(&self) -> NixOptions {
         NixOptions {
-            options: vec![
-                ("build-users-group".into(), "".into()),
-                ("substituters".into(), "".into()),
-                ("sandbox".into(), "false".into()),
-            ],
+            options: SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             gc_root_dir: self.roots.path().join("roots"),
             ..NixOptions::default()
         }
@@ -221,27 +224,6 @@ pub fn config(hostname: &str, repo: &Path, system_attr: &str) -> BuilderConfig {
     config.eval_timeout = HANG;
     config.build_timeout = HANG;
     config
-}
-
-/// Pids whose command line contains `marker` (zombies have none).
-pub fn processes_with(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-        })
-        .collect()
-}
-
-pub fn assert_no_process(marker: &str) {
-    let left = processes_with(marker);
-    assert!(left.is_empty(), "processes left alive with {marker}: {left:?}");
 }
 
 /// Whether the store holds `path` (asked of Nix, like the executors do).
