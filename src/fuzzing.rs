@@ -616,6 +616,27 @@ impl MachineDriver {
         self.drain(Some((job, kind, uuid)))
     }
 
+    /// Runs `command` until it no longer asks to wait, ending each job it waits for
+    /// with `ending` first, as the real driver does; a command waits once at most.
+    fn settle(
+        &mut self,
+        what: &str,
+        mut command: impl FnMut(&mut Machine) -> Step,
+        ending: Ending,
+        evs: &mut Vec<Ev>,
+    ) {
+        let mut waits = 0;
+        while let Step::WaitFor(job) = command(&mut self.machine) {
+            evs.extend(self.drain(None));
+            waits += 1;
+            if waits > 1 {
+                self.fail("a command waits for one job at most", format!("{what} waits again for {job:?}"));
+            }
+            self.wait_for(job, ending, evs);
+        }
+        evs.extend(self.drain(None));
+    }
+
     /// A command's `WaitFor(job)`: the job must be the running one, cancelled in this
     /// step; it ends with `ending`.
     fn wait_for(&mut self, job: JobId, ending: Ending, evs: &mut Vec<Ev>) {
@@ -637,19 +658,7 @@ impl MachineDriver {
             Op::Eval { cancelled_job_ends } => {
                 let uuid = format!("gen-{}", self.uuids.len());
                 self.uuids.push(uuid.clone());
-                let mut waits = 0;
-                while let Step::WaitFor(job) = self.machine.eval(&uuid) {
-                    evs.extend(self.drain(None));
-                    waits += 1;
-                    if waits > 1 {
-                        self.fail(
-                            "a command waits for one job at most",
-                            format!("eval waits again for {job:?}"),
-                        );
-                    }
-                    self.wait_for(job, cancelled_job_ends, &mut evs);
-                }
-                evs.extend(self.drain(None));
+                self.settle("eval", |m| m.eval(&uuid), cancelled_job_ends, &mut evs);
                 self.reference.eval(&uuid, &uuid, cancelled_job_ends);
             }
             Op::SubmitCurrent | Op::SubmitStale(_) | Op::SubmitUnknown => {
@@ -669,21 +678,13 @@ impl MachineDriver {
                 expected_result = self.reference.submit_build(&uuid);
             }
             Op::Suspend { cancelled_job_ends } => {
-                let mut step = self.machine.suspend();
-                let mut waits = 0;
-                while let Ok(Step::WaitFor(job)) = step {
-                    evs.extend(self.drain(None));
-                    waits += 1;
-                    if waits > 1 {
-                        self.fail(
-                            "a command waits for one job at most",
-                            format!("suspend waits again for {job:?}"),
-                        );
-                    }
-                    self.wait_for(job, cancelled_job_ends, &mut evs);
-                    step = Ok(self.machine.wait_for_build_cancelled_by_suspend());
-                }
-                result = step.map(drop);
+                result = self.machine.suspend().map(|first| {
+                    let mut first = Some(first);
+                    let mut next = |m: &mut Machine| {
+                        first.take().unwrap_or_else(|| m.wait_for_build_cancelled_by_suspend())
+                    };
+                    self.settle("suspend", &mut next, cancelled_job_ends, &mut evs);
+                });
                 evs.extend(self.drain(None));
                 expected_result = self.reference.suspend(cancelled_job_ends);
             }
@@ -693,19 +694,7 @@ impl MachineDriver {
                 expected_result = self.reference.resume();
             }
             Op::Stop { cancelled_job_ends } => {
-                let mut waits = 0;
-                while let Step::WaitFor(job) = self.machine.stop() {
-                    evs.extend(self.drain(None));
-                    waits += 1;
-                    if waits > 1 {
-                        self.fail(
-                            "a command waits for one job at most",
-                            format!("stop waits again for {job:?}"),
-                        );
-                    }
-                    self.wait_for(job, cancelled_job_ends, &mut evs);
-                }
-                evs.extend(self.drain(None));
+                self.settle("stop", Machine::stop, cancelled_job_ends, &mut evs);
                 self.reference.stop(cancelled_job_ends);
             }
             Op::Complete { job, ending } => {
