@@ -133,6 +133,8 @@ fn main() {
     rows.extend(churn_rows(&plan));
     eprintln!("churn rows: {:?}", stage.elapsed());
     let stage = Instant::now();
+    rows.push(instant_eval_row(&plan));
+    rows.push(shell_stop_row(&plan));
     rows.push(notification_row(&plan));
     rows.push(cpu_row(&plan));
     rows.push(rss_row(&plan));
@@ -739,6 +741,82 @@ fn churn_running(plan: &Plan) -> (f64, f64) {
 
 // ---------------------------------------------------------------------------------
 // notification latency, CPU, RSS
+
+/// The builder's own round trip: eval() → `evaluation_done` with an executor that
+/// returns at once, against a thread that sends on a 1-slot channel.
+fn instant_eval_row(plan: &Plan) -> Row {
+    let (builder, _) = shell_builder(None, None);
+    let done = builder.evaluation_done();
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    for i in 0..plan.notify_reps * 10 {
+        let started = Instant::now();
+        let uuid = builder.eval(&rs(&format!("{i:040x}"))).unwrap();
+        assert_eq!(done.recv_timeout(HANG).unwrap(), uuid);
+        ours.push(ms(started.elapsed()));
+
+        let started = Instant::now();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || tx.send(i).unwrap());
+        assert_eq!(rx.recv_timeout(HANG).unwrap(), i);
+        reference.push(ms(started.elapsed()));
+    }
+    let (ours, reference) = (median(ours), median(reference));
+    let notes =
+        format!("median of {}; reference: a thread sending on a 1-slot channel", plan.notify_reps * 10);
+    row(
+        "eval() → evaluation_done, instant executor",
+        fmt_ms(ours),
+        fmt_ms(reference),
+        Some(ours / reference),
+        notes,
+    )
+}
+
+/// stop() while a `sleep` job runs, against SIGKILL and a wait of the shell.
+fn shell_stop_row(plan: &Plan) -> Row {
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    let (mut our_leftovers, mut reference_leftovers) = (0, 0);
+    for _ in 0..plan.stop_reps {
+        let n = nonce();
+        let script = format!("sleep 300.{n}; true");
+        let (builder, _) = shell_builder(Some(script.clone()), None);
+        builder.eval(&rs(&n)).unwrap();
+        wait_for_process(&n);
+        let started = Instant::now();
+        builder.stop();
+        ours.push(ms(started.elapsed()));
+        our_leftovers += count_and_kill_leftovers(&n);
+
+        let mut child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
+        wait_for_process(&n);
+        let started = Instant::now();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reference.push(ms(started.elapsed()));
+        reference_leftovers += count_and_kill_leftovers(&n);
+    }
+    let (ours, reference) = (median(ours), median(reference));
+    let notes = format!(
+        "`sh -c 'sleep; true'`; processes left: {our_leftovers} vs {reference_leftovers} in {} stops",
+        plan.stop_reps
+    );
+    row(
+        "stop() with a running `sleep` job: latency",
+        fmt_ms(ours),
+        fmt_ms(reference),
+        Some(ours / reference),
+        notes,
+    )
+}
+
+/// Until a process carrying `marker` runs.
+fn wait_for_process(marker: &str) {
+    let deadline = Instant::now() + HANG;
+    while processes_with(marker).is_empty() {
+        assert!(Instant::now() < deadline, "no process with {marker} started");
+        std::thread::yield_now();
+    }
+}
 
 fn notification_row(plan: &Plan) -> Row {
     let (builder, store) = shell_builder(Some("date".into()), None);
