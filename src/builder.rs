@@ -428,7 +428,7 @@ impl Runnable for Worker {
                         )))
                     }
                     Ok(output) => {
-                        let out_path_valid = executor.is_store_path_valid(&output.out_path);
+                        let out_path_valid = executor.is_built(&output);
                         Outcome::Evaluated { output, out_path_valid }
                     }
                     Err(e) => Outcome::Failed(e),

@@ -46,6 +46,14 @@ fn evaluates_builds_and_finds_it_already_built() {
     let uuid = h.builder.eval(&rs(&commit)).unwrap();
     assert_eq!(h.built.recv_timeout(HANG).unwrap(), uuid);
     assert_eq!(h.generation(&uuid).build_reason, BUILD_REASON_ALREADY_BUILT);
+
+    // Found built by a builder with roots of its own: its output is rooted all the same.
+    let other = Env::new();
+    let h = harness(&other, &repo, "host1");
+    let uuid = h.builder.eval(&rs(&commit)).unwrap();
+    assert_eq!(h.built.recv_timeout(HANG).unwrap(), uuid);
+    assert_eq!(h.generation(&uuid).build_reason, BUILD_REASON_ALREADY_BUILT);
+    assert_eq!(other.roots(), vec![drv_root.clone(), format!("{drv_root}.out")]);
     assert_no_process(&n);
 }
 

@@ -107,6 +107,10 @@ impl Executor for FlakeExecutor {
         self.nix.is_store_path_valid(path)
     }
 
+    fn is_built(&self, output: &EvalOutput) -> bool {
+        self.nix.is_built(output)
+    }
+
     fn release_unused(&self, live_drv_paths: &[String]) {
         self.nix.release_unused(live_drv_paths)
     }

@@ -37,8 +37,15 @@ pub trait Executor: Send + Sync + 'static {
     fn eval(&self, req: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError>;
     /// Builds `drv_path`.
     fn build(&self, drv_path: &str, ctx: &JobContext) -> Result<(), JobError>;
-    /// Whether `path` is valid in the Nix store (the "already built" shortcut).
+    /// Whether `path` is valid in the Nix store.
     fn is_store_path_valid(&self, path: &str) -> bool;
+    /// Whether the output of a successful evaluation is already built (the "already
+    /// built" shortcut: the builder then records it built without building). By default
+    /// [`is_store_path_valid`](Executor::is_store_path_valid) of the out path; the Nix
+    /// executors also root the output then, as a build would have.
+    fn is_built(&self, output: &EvalOutput) -> bool {
+        self.is_store_path_valid(&output.out_path)
+    }
     /// Drops whatever the executor keeps for derivations not in `live_drv_paths`
     /// (gc roots). Called when the store forgets generations. Does nothing by default.
     fn release_unused(&self, live_drv_paths: &[String]) {

@@ -160,6 +160,23 @@ impl Nix {
         }
     }
 
+    /// Whether `output` is in the store; if so it gets the root a build would give it.
+    pub(crate) fn is_built(&self, output: &EvalOutput) -> bool {
+        if !self.is_store_path_valid(&output.out_path) {
+            return false;
+        }
+        let rooted = self.out_root(&output.drv_path).and_then(|root| {
+            replace_symlink(Path::new(&output.out_path), &root).map_err(|e| {
+                JobError::Failed(format!("cannot create the gc root {}: {e}", root.display()))
+            })?;
+            self.register_indirect(&root)
+        });
+        if let Err(e) = rooted {
+            log::warn!("{e}; {} is built but not protected from garbage collection", output.out_path);
+        }
+        true
+    }
+
     /// Where the built output of `drv_path` gets its root.
     pub(crate) fn out_root(&self, drv_path: &str) -> Result<PathBuf, JobError> {
         let dir = self.root_dir()?;
