@@ -33,16 +33,24 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
-/// The directory holding `libgenbuild.so`, built by cargo for this test run.
+/// The directory holding `libgenbuild.so`, freshly built: `cargo test` builds the
+/// library as an rlib for the tests, not the cdylib a C program links, so this asks
+/// cargo for it (a no-op when it is up to date), once per test binary.
 fn library_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let dir = profile_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(root()).args(["build", "--lib", "--quiet"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let output = run(&mut build);
+        assert!(output.status.success(), "cargo build --lib failed: {}", output.status);
+    });
     let so = dir.join("libgenbuild.so");
-    assert!(
-        so.is_file(),
-        "{} is missing: cargo builds it with the lib target (crate-type includes cdylib); \
-         run `cargo build` first if this test binary was built alone",
-        so.display()
-    );
+    assert!(so.is_file(), "{} is missing after cargo build --lib", so.display());
     dir
 }
 
