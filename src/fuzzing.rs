@@ -731,16 +731,8 @@ impl MachineDriver {
                 format!("expected {expected:#?}\n  got {evs:#?}"),
             );
         }
-        if result != expected_result {
-            self.fail(
-                "errors are exactly those of DESIGN.md",
-                format!("expected {expected_result:?}, got {result:?}"),
-            );
-        }
-        if let (Err(e), Err(x)) = (&result, &expected_result) {
-            if e.to_string() != x.to_string() {
-                self.fail("error messages are DESIGN.md's", format!("expected {x}, got {e}"));
-            }
+        if let Some((rule, detail)) = error_mismatch(&result, &expected_result) {
+            self.fail(rule, detail);
         }
         self.check_state();
     }
@@ -1037,16 +1029,8 @@ impl BuilderChecker {
             // workers report only their own job, once.
             Op::Complete { .. } => {}
         }
-        if result != expected_result {
-            self.fail(
-                "errors are exactly those of DESIGN.md",
-                format!("expected {expected_result:?}, got {result:?}"),
-            );
-        }
-        if let (Err(e), Err(x)) = (&result, &expected_result) {
-            if e.to_string() != x.to_string() {
-                self.fail("error messages are DESIGN.md's", format!("expected {x}, got {e}"));
-            }
+        if let Some((rule, detail)) = error_mismatch(&result, &expected_result) {
+            self.fail(rule, detail);
         }
         let expected: Vec<Ev> =
             self.reference.take_evs().into_iter().filter(Ev::is_visible_to_builder_check).collect();
@@ -1244,4 +1228,24 @@ pub fn check_decode(bytes: &[u8]) {
     }
     drop(opened);
     let _ = std::fs::remove_file(&path);
+}
+
+/// The rule a command's result breaks, if any: exactly DESIGN.md's errors, with its
+/// messages.
+fn error_mismatch(
+    result: &Result<(), Error>,
+    expected: &Result<(), Error>,
+) -> Option<(&'static str, String)> {
+    if result != expected {
+        return Some((
+            "errors are exactly those of DESIGN.md",
+            format!("expected {expected:?}, got {result:?}"),
+        ));
+    }
+    match (result, expected) {
+        (Err(e), Err(x)) if e.to_string() != x.to_string() => {
+            Some(("error messages are DESIGN.md's", format!("expected {x}, got {e}")))
+        }
+        _ => None,
+    }
 }
