@@ -38,8 +38,9 @@ enum genbuild_result
   GENBUILD_RESULT_NULL_ARGUMENT = 2,
   /**
    * An argument has a wrong value: a string that is not UTF-8, bytes that do not
-   * decode as the expected protobuf message, an unknown executor kind, a value
-   * genbuild refuses to pass to Nix or git.
+   * decode as the expected protobuf message, an unknown executor kind. (A commit id
+   * or subdirectory Nix must not see fails the evaluation instead: its `eval_err`
+   * says why.)
    */
   GENBUILD_RESULT_INVALID_ARGUMENT = 3,
   /**

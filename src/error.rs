@@ -36,12 +36,6 @@ pub enum Error {
     /// Reading or writing the store file failed.
     #[error("cannot {action} the store file {path}: {reason}")]
     StoreIo { action: &'static str, path: PathBuf, reason: String },
-    /// A value from the caller that genbuild refuses to pass to Nix or git.
-    #[error("invalid {what} {value:?}: {reason}")]
-    InvalidInput { what: &'static str, value: String, reason: &'static str },
-    /// Bytes that do not decode as the expected protobuf message.
-    #[error("cannot decode {message}: {reason}")]
-    Decode { message: &'static str, reason: String },
 }
 
 /// Why a job (an evaluation or a build) did not succeed.

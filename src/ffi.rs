@@ -60,8 +60,9 @@ pub enum genbuild_result {
     /// A pointer that must not be NULL was NULL; the message names it.
     NullArgument = 2,
     /// An argument has a wrong value: a string that is not UTF-8, bytes that do not
-    /// decode as the expected protobuf message, an unknown executor kind, a value
-    /// genbuild refuses to pass to Nix or git.
+    /// decode as the expected protobuf message, an unknown executor kind. (A commit id
+    /// or subdirectory Nix must not see fails the evaluation instead: its `eval_err`
+    /// says why.)
     InvalidArgument = 3,
     /// The builder refused the request; the message is the builder's, e.g. "the
     /// builder is already building" or "no generation with uuid … has been found".
@@ -173,11 +174,7 @@ impl Failure {
     }
 
     fn panic(payload: &(dyn Any + Send)) -> Failure {
-        let what = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a non-string payload");
+        let what = crate::exec::panic_message(payload);
         Failure::new(genbuild_result::Panic, format!("genbuild panicked (this is a bug): {what}"))
     }
 }
@@ -186,7 +183,6 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
             Error::CorruptStore { .. } | Error::StoreIo { .. } => genbuild_result::StoreError,
-            Error::InvalidInput { .. } | Error::Decode { .. } => genbuild_result::InvalidArgument,
             _ => genbuild_result::Refused,
         };
         Failure::new(code, e.to_string())
