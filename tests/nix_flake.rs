@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::nix::*;
-use genbuild::{FlakeExecutor, BUILD_REASON_ALREADY_BUILT};
+use genbuild::FlakeExecutor;
 
 /// `s` as a Nix string literal.
 fn nix_str(s: &str) -> String {
@@ -45,17 +45,7 @@ fn evaluates_builds_and_finds_it_already_built() {
     assert_eq!(g.eval_status, "evaluated", "{}", g.eval_err);
     assert!(g.drv_path.ends_with("-fsys.drv"), "{}", g.drv_path);
     assert_eq!(g.machine_id, "mid-1");
-    let drv_root = g.drv_path.rsplit('/').next().unwrap().to_string();
-    assert_eq!(env.roots(), vec![drv_root.clone()]);
-
-    let g = h.build(&g.uuid);
-    assert_eq!(g.build_status, "built", "{}", g.build_err);
-    assert!(valid(&g.out_path));
-    assert_eq!(env.roots(), vec![drv_root.clone(), format!("{drv_root}.out")]);
-
-    let uuid = h.builder.eval(&rs(&commit)).unwrap();
-    assert_eq!(h.built.recv_timeout(HANG).unwrap(), uuid);
-    assert_eq!(h.generation(&uuid).build_reason, BUILD_REASON_ALREADY_BUILT);
+    build_rooted_then_already_built(&h, &env, &commit, &g);
 }
 
 #[test]

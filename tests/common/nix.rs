@@ -218,6 +218,29 @@ impl Harness {
     }
 }
 
+/// Builds the evaluated generation `g` of `commit`, checking the gc roots `env` holds
+/// before and after, then evaluates `commit` again and expects the "already built"
+/// shortcut. Returns the name of the `.drv`'s root.
+pub fn build_rooted_then_already_built(
+    h: &Harness,
+    env: &Env,
+    commit: &str,
+    g: &proto::Generation,
+) -> String {
+    let drv_root = g.drv_path.rsplit('/').next().unwrap().to_string();
+    assert_eq!(env.roots(), vec![drv_root.clone()]);
+
+    let g = h.build(&g.uuid);
+    assert_eq!(g.build_status, "built", "{}", g.build_err);
+    assert!(valid(&g.out_path));
+    assert_eq!(env.roots(), vec![drv_root.clone(), format!("{drv_root}.out")]);
+
+    let uuid = h.builder.eval(&rs(commit)).unwrap();
+    assert_eq!(h.built.recv_timeout(HANG).unwrap(), uuid);
+    assert_eq!(h.generation(&uuid).build_reason, genbuild::BUILD_REASON_ALREADY_BUILT);
+    drv_root
+}
+
 pub fn config(hostname: &str, repo: &Path, system_attr: &str) -> BuilderConfig {
     let mut config = BuilderConfig::new(hostname, repo);
     config.system_attr = system_attr.into();
