@@ -209,6 +209,7 @@ impl Builder {
             is_suspended: Some(machine.is_suspended()),
             hostname: shared.config.hostname.clone(),
             last_error: shared.store.last_error().unwrap_or_default(),
+            build_progress: None,
         }
     }
 
@@ -348,7 +349,10 @@ impl Shared {
         };
         let logs = self.subscribers.log_sink(uuid, phase);
         let runnable = Worker { shared: self.clone(), job, work };
-        let mut exec = Exec::new(runnable, timeout).with_options(self.config.process).with_log_sink(logs);
+        let mut exec = Exec::new(runnable, timeout)
+            .with_options(self.config.process)
+            .with_log_sink(logs)
+            .with_gc_root_owner(self.store.id());
         exec.start();
         if exec.is_finished() {
             exec.wait();
@@ -420,7 +424,7 @@ impl Runnable for Worker {
         let executor = &self.shared.executor;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match &self.work {
             Work::Eval(req) => {
-                executor.release_unused(&self.shared.store.live_drv_paths());
+                executor.release_unused(&self.shared.store.live_drv_paths(), ctx);
                 match executor.eval(req, ctx) {
                     Ok(output) if output.drv_path.is_empty() || output.out_path.is_empty() => {
                         Outcome::Failed(JobError::Failed(format!(
@@ -502,6 +506,7 @@ impl Subscribers {
                     .into(),
                     line: line.to_string(),
                     dropped_before: std::mem::take(&mut s.dropped),
+                    drv_path: String::new(),
                 };
                 s.tx.send(Event { kind: Some(event::Kind::LogLine(line)), created_at }).is_ok()
             })

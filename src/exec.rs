@@ -135,6 +135,7 @@ pub struct JobContext {
     pub(crate) cancel: Arc<CancelToken>,
     pub(crate) logs: LogSink,
     pub(crate) options: ProcessOptions,
+    pub(crate) gc_root_owner: Arc<str>,
 }
 
 impl JobContext {
@@ -143,10 +144,18 @@ impl JobContext {
         cancel: Arc<CancelToken>,
         logs: LogSink,
         options: ProcessOptions,
+        gc_root_owner: Arc<str>,
     ) -> Self {
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86400));
-        JobContext { timeout, deadline, cancel, logs, options }
+        JobContext { timeout, deadline, cancel, logs, options, gc_root_owner }
+    }
+
+    /// The name under which an executor keeps the gc roots of this job: the id of the
+    /// builder's [`Store`](crate::Store). Roots kept under another name belong to
+    /// another builder and must never be released by this one.
+    pub fn gc_root_owner(&self) -> &str {
+        &self.gc_root_owner
     }
 
     /// Runs `cmd` to completion in its own process group, stdin closed, each line of
@@ -217,6 +226,7 @@ pub struct Exec {
     timeout: Duration,
     options: ProcessOptions,
     logs: LogSink,
+    gc_root_owner: Arc<str>,
     cancel: Arc<CancelToken>,
     thread: Option<JoinHandle<Result<(), JobError>>>,
     result: Option<Result<(), JobError>>,
@@ -231,6 +241,7 @@ impl Exec {
             timeout,
             options: ProcessOptions::default(),
             logs: Arc::new(|stream, line| log::debug!("{stream:?}: {line}")),
+            gc_root_owner: Arc::from("standalone"),
             cancel: CancelToken::new(),
             thread: None,
             result: None,
@@ -249,11 +260,24 @@ impl Exec {
         self
     }
 
+    /// Sets the name its executor keeps gc roots under ([`JobContext::gc_root_owner`]);
+    /// `"standalone"` by default.
+    pub fn with_gc_root_owner(mut self, owner: &str) -> Exec {
+        self.gc_root_owner = Arc::from(owner);
+        self
+    }
+
     /// Starts the job on a new thread; the timeout runs from here. A second call does
     /// nothing.
     pub fn start(&mut self) {
         let Some(mut runnable) = self.runnable.take() else { return };
-        let ctx = JobContext::new(self.timeout, self.cancel.clone(), self.logs.clone(), self.options);
+        let ctx = JobContext::new(
+            self.timeout,
+            self.cancel.clone(),
+            self.logs.clone(),
+            self.options,
+            self.gc_root_owner.clone(),
+        );
         let spawned =
             std::thread::Builder::new().name("genbuild-job".into()).spawn(move || runnable.run(&ctx));
         match spawned {

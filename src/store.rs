@@ -24,10 +24,17 @@ use crate::machine::{BuildReason, BuildStatus, EvalStatus, GenerationView};
 use crate::proto::{self, status, Generation, StoreState};
 
 /// Generations by uuid. Cheap to query; share it as `Arc<Store>`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     path: Option<PathBuf>,
+    id: String,
     state: Mutex<Inner>,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store { path: None, id: format!("memory-{}", uuid::Uuid::new_v4().simple()), state: Mutex::default() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +74,8 @@ impl Store {
             Err(e) => return Err(Error::StoreIo { action: "read", path, reason: e.to_string() }),
         };
         remove_interrupted_writes(&path);
-        let store = Store { path: Some(path), state: Mutex::new(Inner { data, last_error: None }) };
+        let id = file_store_id(&path);
+        let store = Store { path: Some(path), id, state: Mutex::new(Inner { data, last_error: None }) };
         let mut inner = store.state.lock();
         let mut interrupted = false;
         for g in &mut inner.data.generations {
@@ -89,6 +97,13 @@ impl Store {
         }
         drop(inner);
         Ok(store)
+    }
+
+    /// A name for this store: derived from its file's path for a persisted store (the
+    /// same after a restart), unique for an in-memory one. Executors keep the gc roots
+    /// of a builder's jobs under it, so that builders never release each other's roots.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The file this store persists to, if any.
@@ -229,6 +244,20 @@ impl Store {
             }
         }
     }
+}
+
+/// `file-` and a hash of the file's absolute path (its directory resolved, so that two
+/// spellings of one path give one id).
+fn file_store_id(path: &Path) -> String {
+    let (dir, _, _) = temp_file_pattern(path);
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let full = dir.join(path.file_name().unwrap_or_default());
+    let hash = full
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("file-{hash:016x}")
 }
 
 fn find<'a>(data: &'a mut StoreState, uuid: &str) -> Option<&'a mut Generation> {

@@ -39,6 +39,7 @@ fn eval_then_build_records_every_step_and_notifies_once_each() {
             event::Kind::BuildStarted(_) => kinds.push("build_started"),
             event::Kind::BuildFinished(_) => kinds.push("build_finished"),
             event::Kind::LogLine(l) => lines.push(l.line),
+            event::Kind::BuildProgress(_) => {}
         }
     }
     assert_eq!(kinds, ["eval_started", "eval_finished", "build_started", "build_finished"]);

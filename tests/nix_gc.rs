@@ -31,7 +31,16 @@ fn survives_a_gc_between_eval_and_build(
     gc();
     assert!(valid(&g.out_path), "the output was collected");
 
-    make(env.options()).release_unused(&[]);
+    let executor = make(env.options());
+    let mut release = genbuild::Exec::new(
+        move |ctx: &genbuild::JobContext| {
+            executor.release_unused(&[], ctx);
+            Ok(())
+        },
+        std::time::Duration::from_secs(60),
+    );
+    release.start();
+    release.wait();
     assert!(env.roots().is_empty(), "{:?}", env.roots());
     gc();
     assert!(!valid(&g.out_path) && !valid(&g.drv_path), "released roots still protect their paths");
@@ -53,8 +62,8 @@ impl Executor for BoxedExecutor {
     fn is_store_path_valid(&self, path: &str) -> bool {
         self.0.is_store_path_valid(path)
     }
-    fn release_unused(&self, live: &[String]) {
-        self.0.release_unused(live)
+    fn release_unused(&self, live: &[String], ctx: &genbuild::JobContext) {
+        self.0.release_unused(live, ctx)
     }
 }
 

@@ -77,7 +77,7 @@ impl Executor for NixExecutor {
         self.nix.is_built(output)
     }
 
-    fn release_unused(&self, live_drv_paths: &[String]) {
+    fn release_unused(&self, live_drv_paths: &[String], _ctx: &JobContext) {
         self.nix.release_unused(live_drv_paths)
     }
 }

@@ -46,10 +46,12 @@ pub trait Executor: Send + Sync + 'static {
     fn is_built(&self, output: &EvalOutput) -> bool {
         self.is_store_path_valid(&output.out_path)
     }
-    /// Drops whatever the executor keeps for derivations not in `live_drv_paths`
-    /// (gc roots). Called when the store forgets generations. Does nothing by default.
-    fn release_unused(&self, live_drv_paths: &[String]) {
-        let _ = live_drv_paths;
+    /// Drops whatever the executor keeps, under `ctx`'s
+    /// [`gc_root_owner`](JobContext::gc_root_owner), for derivations not in
+    /// `live_drv_paths` (gc roots). Called from an evaluation job, before the
+    /// evaluation. Does nothing by default.
+    fn release_unused(&self, live_drv_paths: &[String], ctx: &JobContext) {
+        let _ = (live_drv_paths, ctx);
     }
 }
 
