@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::Duration;
 
-use genbuild::{proto, Builder, BuilderConfig, Executor, NixExecutor, NixOptions, Store};
+use genbuild::{proto, Builder, BuilderConfig, NixExecutor, NixOptions, Store};
 
 fn git(repo: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
