@@ -2,7 +2,7 @@
 //! per call, feed it, perform every action it queued, unlock.
 //!
 //! The driver decides nothing: what to cancel, start, record and notify comes from the
-//! machine. What it owns is the plumbing: the worker threads ([`Exec`]), the store
+//! machine. What it owns is the plumbing: the jobs' threads ([`Job`]), the store
 //! writes, the channels.
 //!
 //! Locking rule: never join a worker or wait for a child while holding the state
@@ -10,12 +10,11 @@
 //! cancelled job is a condition-variable wait (the mutex is released); `stop()`
 //! cancels under the lock, then joins the workers outside it.
 //!
-//! Every job's worker holds a [`Finish`] guard that hands the job's outcome to the
-//! machine when it is dropped, even when the executor panicked: a started job always
-//! ends with its notification.
+//! Every job hands its outcome to the machine from its [`Job::on_finished`] hook, which
+//! runs even when the executor panicked: a started job always ends with its
+//! notification.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,9 +23,10 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, JobError};
-use crate::exec::{panic_message, Exec, JobContext, LogSink, ProcessOptions, Runnable, Stream};
 use crate::executor::{EvalRequest, Executor};
+use crate::job::{Job, JobContext, JobOutput, LogSink};
 use crate::machine::{Action, JobId, Machine, Notification, Outcome, Record, Step};
+use crate::process::{ProcessOptions, Stream};
 use crate::proto::{self, event, log_line, Event};
 use crate::store::{NewGeneration, Store};
 
@@ -100,7 +100,7 @@ struct Shared {
 
 struct State {
     machine: Machine,
-    jobs: HashMap<JobId, Exec>,
+    jobs: HashMap<JobId, Job>,
 }
 
 impl Builder {
@@ -266,14 +266,14 @@ impl Drop for Handle {
 
 impl Shared {
     fn stop(self: &Arc<Self>) {
-        let jobs: Vec<Exec> = {
+        let jobs: Vec<Job> = {
             let mut state = self.state.lock();
             let _ = state.machine.stop();
             self.perform(&mut state, None);
             state.jobs.drain().map(|(_, exec)| exec).collect()
         };
-        for mut exec in jobs {
-            exec.wait();
+        for mut job in jobs {
+            job.wait();
         }
     }
 
@@ -293,15 +293,15 @@ impl Shared {
                     Action::StartEval { job, uuid } => {
                         let req = self.eval_request(&uuid);
                         let timeout = self.config.eval_timeout;
-                        self.start(state, job, Work::Eval(req), uuid, timeout, &mut failed_to_start);
+                        self.start(state, job, Task::Eval(req), uuid, timeout, &mut failed_to_start);
                     }
                     Action::StartBuild { job, uuid, drv_path } => {
                         let timeout = self.config.build_timeout;
-                        self.start(state, job, Work::Build(drv_path), uuid, timeout, &mut failed_to_start);
+                        self.start(state, job, Task::Build(drv_path), uuid, timeout, &mut failed_to_start);
                     }
                     Action::Cancel { job, reason } => {
-                        if let Some(exec) = state.jobs.get(&job) {
-                            exec.cancel(reason);
+                        if let Some(running) = state.jobs.get(&job) {
+                            running.cancel(reason);
                         }
                     }
                     Action::Record(record) => self.record(record, rs),
@@ -334,34 +334,72 @@ impl Shared {
     fn start(
         self: &Arc<Self>,
         state: &mut State,
-        job: JobId,
-        work: Work,
+        id: JobId,
+        task: Task,
         uuid: String,
         timeout: Duration,
         failed_to_start: &mut Vec<(JobId, JobError)>,
     ) {
-        // Finished workers are joined here; their threads have returned, so this
-        // does not block.
-        state.jobs.retain(|_, exec| !exec.is_finished());
-        let phase = match work {
-            Work::Eval(_) => log_line::Phase::Eval,
-            Work::Build(_) => log_line::Phase::Build,
+        // Finished jobs are joined here; their threads have returned, so this does
+        // not block.
+        state.jobs.retain(|_, job| !job.is_finished());
+        let (phase, grace) = match task {
+            Task::Eval(_) => (log_line::Phase::Eval, self.config.process.eval_kill_grace),
+            Task::Build(_) => (log_line::Phase::Build, self.config.process.kill_grace),
         };
         let logs = self.subscribers.log_sink(uuid, phase);
-        let runnable = Worker { shared: self.clone(), job, work };
-        let mut exec = Exec::new(runnable, timeout)
-            .with_options(self.config.process)
+        let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
+        let work = {
+            let (shared, outcome) = (self.clone(), outcome.clone());
+            move |ctx: &JobContext| {
+                *outcome.lock() = Some(shared.perform_task(&task, ctx)?);
+                Ok(())
+            }
+        };
+        let on_finished = {
+            let shared = self.clone();
+            move |result: &Result<(), JobError>| {
+                let outcome = match result {
+                    Ok(()) => outcome.lock().take().expect("a job that succeeded left its outcome"),
+                    Err(e) => Outcome::Failed(e.clone()),
+                };
+                shared.finish(id, outcome);
+            }
+        };
+        let mut job = Job::new(work, timeout)
+            .with_options(self.config.process.clone())
+            .with_kill_grace(grace)
             .with_log_sink(logs)
-            .with_gc_root_owner(self.store.id());
-        exec.start();
-        if exec.is_finished() {
-            exec.wait();
-            if let Some(error) = exec.error() {
-                failed_to_start.push((job, error.clone()));
+            .with_gc_root_owner(self.store.id())
+            .on_finished(on_finished);
+        job.start();
+        if job.is_finished() {
+            if let Some(error) = job.error() {
+                // The thread did not start: on_finished will never run.
+                failed_to_start.push((id, error.clone()));
                 return;
             }
         }
-        state.jobs.insert(job, exec);
+        state.jobs.insert(id, job);
+    }
+
+    /// The body of every job: what the executor is asked, and what it answered.
+    fn perform_task(&self, task: &Task, ctx: &JobContext) -> Result<Outcome, JobError> {
+        let executor = &self.executor;
+        match task {
+            Task::Eval(req) => {
+                executor.release_unused(&self.store.live_drv_paths(), ctx);
+                let output = executor.eval(req, ctx)?;
+                if output.drv_path.is_empty() || output.out_path.is_empty() {
+                    return Err(JobError::Failed(format!(
+                        "the evaluation returned an empty derivation or output path ({output:?})"
+                    )));
+                }
+                let out_path_valid = executor.is_built(&output);
+                Ok(Outcome::Evaluated { output, out_path_valid })
+            }
+            Task::Build(drv_path) => executor.build(drv_path, ctx).map(|()| Outcome::Built),
+        }
     }
 
     fn record(&self, record: Record, rs: Option<&proto::RepositoryStatus>) {
@@ -397,7 +435,7 @@ impl Shared {
         self.subscribers.broadcast(kind(generation));
     }
 
-    /// Hands a job's outcome to the machine; called by the worker's [`Finish`] guard.
+    /// Hands a job's outcome to the machine; called by the job's `on_finished` hook.
     fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) {
         let mut state = self.state.lock();
         state.machine.handle_finished(job, outcome);
@@ -406,64 +444,10 @@ impl Shared {
     }
 }
 
-enum Work {
+/// What a job does.
+enum Task {
     Eval(EvalRequest),
     Build(String),
-}
-
-/// The body of every job: runs the executor, then reports through [`Finish`].
-struct Worker {
-    shared: Arc<Shared>,
-    job: JobId,
-    work: Work,
-}
-
-impl Runnable for Worker {
-    fn run(&mut self, ctx: &JobContext) -> Result<(), JobError> {
-        let mut finish = Finish { shared: self.shared.clone(), job: self.job, outcome: None };
-        let executor = &self.shared.executor;
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match &self.work {
-            Work::Eval(req) => {
-                executor.release_unused(&self.shared.store.live_drv_paths(), ctx);
-                match executor.eval(req, ctx) {
-                    Ok(output) if output.drv_path.is_empty() || output.out_path.is_empty() => {
-                        Outcome::Failed(JobError::Failed(format!(
-                            "the evaluation returned an empty derivation or output path ({output:?})"
-                        )))
-                    }
-                    Ok(output) => {
-                        let out_path_valid = executor.is_built(&output);
-                        Outcome::Evaluated { output, out_path_valid }
-                    }
-                    Err(e) => Outcome::Failed(e),
-                }
-            }
-            Work::Build(drv_path) => match executor.build(drv_path, ctx) {
-                Ok(()) => Outcome::Built,
-                Err(e) => Outcome::Failed(e),
-            },
-        }));
-        finish.outcome = Some(outcome.unwrap_or_else(|panic| {
-            Outcome::Failed(JobError::Failed(format!("the executor panicked: {}", panic_message(&*panic))))
-        }));
-        Ok(())
-    }
-}
-
-/// Reports the job's outcome when dropped, whatever happened before.
-struct Finish {
-    shared: Arc<Shared>,
-    job: JobId,
-    outcome: Option<Outcome>,
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        let outcome = self.outcome.take().unwrap_or_else(|| {
-            Outcome::Failed(JobError::Failed("the job's worker ended without a result".into()))
-        });
-        self.shared.finish(self.job, outcome);
-    }
 }
 
 #[derive(Default)]
@@ -485,7 +469,7 @@ impl Subscribers {
 
     fn log_sink(self: &Arc<Self>, generation_uuid: String, phase: log_line::Phase) -> LogSink {
         let subscribers = self.clone();
-        Arc::new(move |stream, line| {
+        Arc::new(move |output| {
             let mut list = subscribers.list.lock();
             if list.is_empty() {
                 return;
@@ -496,19 +480,29 @@ impl Subscribers {
                     s.dropped += 1;
                     return true;
                 }
-                let line = proto::LogLine {
-                    generation_uuid: generation_uuid.clone(),
-                    phase: phase.into(),
-                    stream: match stream {
-                        Stream::Stdout => log_line::Stream::Stdout,
-                        Stream::Stderr => log_line::Stream::Stderr,
-                    }
-                    .into(),
-                    line: line.to_string(),
-                    dropped_before: std::mem::take(&mut s.dropped),
-                    drv_path: String::new(),
+                let kind = match output {
+                    JobOutput::Line { stream, drv_path, text } => event::Kind::LogLine(proto::LogLine {
+                        generation_uuid: generation_uuid.clone(),
+                        phase: phase.into(),
+                        stream: match stream {
+                            Stream::Stdout => log_line::Stream::Stdout,
+                            Stream::Stderr => log_line::Stream::Stderr,
+                        }
+                        .into(),
+                        line: text.to_string(),
+                        dropped_before: std::mem::take(&mut s.dropped),
+                        drv_path: drv_path.unwrap_or_default().to_string(),
+                    }),
+                    JobOutput::Progress(p) => event::Kind::BuildProgress(proto::BuildProgress {
+                        generation_uuid: generation_uuid.clone(),
+                        done: p.done,
+                        expected: p.expected,
+                        running: p.running,
+                        failed: p.failed,
+                        building: p.building.clone(),
+                    }),
                 };
-                s.tx.send(Event { kind: Some(event::Kind::LogLine(line)), created_at }).is_ok()
+                s.tx.send(Event { kind: Some(kind), created_at }).is_ok()
             })
         })
     }

@@ -174,7 +174,7 @@ impl Failure {
     }
 
     fn panic(payload: &(dyn Any + Send)) -> Failure {
-        let what = crate::exec::panic_message(payload);
+        let what = crate::job::panic_message(payload);
         Failure::new(genbuild_result::Panic, format!("genbuild panicked (this is a bug): {what}"))
     }
 }

@@ -6,19 +6,19 @@
 //! Layers, one direction:
 //! * [`machine`]: the pure state machine holding every rule (no threads, clocks, I/O);
 //! * [`Builder`]: the thread-safe driver performing what the machine decides;
-//! * [`Exec`] / [`JobContext`]: jobs on worker threads, commands in their own process
-//!   group, cancelled and timed out without polling;
+//! * [`Job`] / [`JobContext`]: jobs on threads of their own, commands in their own
+//!   process group, cancelled and timed out without polling;
 //! * [`Executor`]: what the jobs ask of Nix ([`NixExecutor`], [`FlakeExecutor`]);
 //! * [`Store`]: the generations, optionally persisted atomically.
 #![doc = include_str!("../README.md")]
 
 mod builder;
 mod error;
-mod exec;
 pub mod executor;
 pub mod ffi;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod job;
 pub mod machine;
 mod process;
 pub mod proto;
@@ -26,7 +26,7 @@ pub mod store;
 
 pub use builder::{Builder, BuilderConfig, BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD};
 pub use error::{CancelReason, Error, JobError};
-pub use exec::{CommandOutput, Exec, JobContext, LogSink, ProcessOptions, Runnable, Stream, WaitStrategy};
 pub use executor::{EvalOutput, EvalRequest, Executor, FlakeExecutor, NixExecutor, NixOptions};
-pub use process::STDERR_TAIL_BYTES;
+pub use job::{Job, JobContext, JobOutput, LogSink, Progress, Work};
+pub use process::{CommandOutput, Containment, ProcessOptions, Stream, WaitStrategy};
 pub use store::Store;

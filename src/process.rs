@@ -1,8 +1,8 @@
 //! The subprocess protocol: how a job runs a command so that it can always be stopped.
 //!
 //! * Every command gets its own process group and a closed stdin; two threads drain
-//!   stdout and stderr line by line to the job's log sink, keeping all of stdout and
-//!   a bounded tail of stderr.
+//!   stdout and stderr line by line, keeping all of stdout and a bounded tail of
+//!   stderr, and hand each line to the caller's thread, in order.
 //! * "Finished" means the child exited, never that its pipes closed: a leftover
 //!   grandchild can hold a pipe open for ever.
 //! * The exit is awaited without polling: `poll([pidfd, cancel eventfd], deadline)` on
@@ -16,25 +16,177 @@
 //!   died is re-parented and lost, hence the listing before the first signal.
 //! * Leftovers of the group are killed before the leader is reaped, so the group id
 //!   cannot have been recycled.
+//!
+//! This module knows nothing of jobs: [`crate::job`] hands it a [`Limits`] (deadline,
+//! cancellation, grace) and a line callback.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::Mutex;
 use rustix::process::{Pid, Signal};
 
-use crate::error::JobError;
-use crate::exec::{JobContext, LogSink, Stream, WaitStrategy};
+use crate::error::{CancelReason, JobError};
 
 /// How much of a failing command's stderr ends up in its error message.
-pub const STDERR_TAIL_BYTES: usize = 4096;
+pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 const STDOUT_LIMIT: usize = 64 << 20;
 /// How long to wait for the pipes to close once the child is gone; past it the
 /// holder of the pipe is some process outside our reach and the readers are left.
 const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The command's standard output.
+    Stdout,
+    /// The command's standard error.
+    Stderr,
+}
+
+/// How a command's exit is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Linux: `poll` on a pidfd and the job's cancel eventfd; no extra thread.
+    /// Falls back to [`WaitStrategy::Portable`] where pidfds are missing.
+    #[default]
+    Pidfd,
+    /// Any Unix (macOS for nix-darwin hosts): a waiter thread blocks in
+    /// `waitid(WNOWAIT)`, which observes the exit without reaping, so the owner
+    /// can still signal the process group safely. Installs no signal handler.
+    Portable,
+}
+
+/// What keeps a command's processes together so that all of them can be killed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Containment {
+    /// A cgroup of its own where a writable cgroup v2 hierarchy exists, the process
+    /// tree otherwise.
+    #[default]
+    Auto,
+    /// A child cgroup of this cgroup v2 directory for every command.
+    Cgroup(PathBuf),
+    /// The process group and the descendants found by walking the process tree.
+    ProcessTree,
+}
+
+/// Knobs of the subprocess protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessOptions {
+    /// Builds: between SIGTERM to the group and SIGKILL to the group and every
+    /// descendant. 5 s by default.
+    pub kill_grace: Duration,
+    /// Evaluations, which have nothing to shut down gracefully: the same, 100 ms by
+    /// default.
+    pub eval_kill_grace: Duration,
+    /// How the exit of a command is awaited.
+    pub wait: WaitStrategy,
+    /// How a command's processes are kept together.
+    pub containment: Containment,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            kill_grace: Duration::from_secs(5),
+            eval_kill_grace: Duration::from_millis(100),
+            wait: WaitStrategy::Pidfd,
+            containment: Containment::Auto,
+        }
+    }
+}
+
+/// What a successful command printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// All of stdout (up to 64 MiB; lines past that only reach the log).
+    pub stdout: String,
+    /// The last lines of stderr, at most 4 KiB.
+    pub stderr_tail: String,
+}
+
+/// The cancel switch shared by a job's owner and whoever cancels it. Cancelling wakes
+/// a waiting [`run`] at once: through an eventfd on Linux, through a disconnected
+/// channel on the portable path.
+pub(crate) struct CancelToken {
+    flag: AtomicBool,
+    reason: Mutex<Option<CancelReason>>,
+    eventfd: Option<rustix::fd::OwnedFd>,
+    wake: Mutex<Option<Sender<()>>>,
+    woken: Receiver<()>,
+}
+
+impl CancelToken {
+    pub(crate) fn new() -> Arc<Self> {
+        let (wake, woken) = crossbeam_channel::bounded(0);
+        let eventfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .ok();
+        Arc::new(CancelToken {
+            flag: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            eventfd,
+            wake: Mutex::new(Some(wake)),
+            woken,
+        })
+    }
+
+    /// The first reason given is kept; later calls only wake again.
+    pub(crate) fn cancel(&self, reason: Option<CancelReason>) {
+        {
+            let mut current = self.reason.lock();
+            if current.is_none() {
+                *current = reason;
+            }
+        }
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(fd) = &self.eventfd {
+            // Never read back: the fd stays readable for every later poll.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+        self.wake.lock().take();
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn error(&self) -> JobError {
+        JobError::Cancelled(self.reason.lock().clone())
+    }
+
+    fn eventfd(&self) -> Option<&rustix::fd::OwnedFd> {
+        self.eventfd.as_ref()
+    }
+
+    /// Disconnects (returns at once) when the token is cancelled.
+    fn woken(&self) -> &Receiver<()> {
+        &self.woken
+    }
+}
+
+/// The bounds a command runs within.
+pub(crate) struct Limits<'a> {
+    /// The job's whole timeout, for the error message.
+    pub timeout: Duration,
+    pub deadline: Instant,
+    pub cancel: &'a CancelToken,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    pub options: &'a ProcessOptions,
+}
 
 enum Ending {
     Exited,
@@ -42,38 +194,91 @@ enum Ending {
     TimedOut,
 }
 
-pub(crate) fn run(mut cmd: Command, ctx: &JobContext) -> Result<CommandOutput, JobError> {
-    if ctx.cancel.is_cancelled() {
-        return Err(ctx.cancel.error());
+/// Runs `cmd` under `limits`, handing every line it prints to `on_line` on this thread.
+pub(crate) fn run(
+    mut cmd: Command,
+    limits: &Limits<'_>,
+    on_line: &mut dyn FnMut(Stream, &str),
+) -> Result<CommandOutput, JobError> {
+    if limits.cancel.is_cancelled() {
+        return Err(limits.cancel.error());
     }
-    if Instant::now() >= ctx.deadline {
-        return Err(JobError::TimedOut(ctx.timeout));
+    if Instant::now() >= limits.deadline {
+        return Err(JobError::TimedOut(limits.timeout));
     }
     let description = describe(&cmd);
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child =
         cmd.spawn().map_err(|e| JobError::Failed(format!("cannot start `{description}`: {e}")))?;
     log::debug!("started `{description}` as pid {}", child.id());
-    let readers = Readers::start(&mut child, &ctx.logs);
-    let mut waiter = Waiter::new(&child, ctx.options.wait);
-    let ending = waiter.wait(ctx);
-    if !matches!(ending, Ending::Exited) {
-        terminate(&child, &mut waiter, ctx.options.kill_grace);
-    }
-    let pgid = pid_of(&child);
-    // Leftovers of the group; the leader is a zombie at most, so the id is still ours.
-    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-    let status = child.wait().map_err(|e| JobError::Failed(format!("cannot reap `{description}`: {e}")))?;
-    let (stdout, stderr_tail) = readers.finish(&description);
+    let (messages_tx, messages) = crossbeam_channel::bounded(1024);
+    Readers::start(&mut child, messages_tx);
+    let (exited_tx, exited) = crossbeam_channel::bounded(1);
+    let (ending, status, stdout, stderr_tail) = std::thread::scope(|scope| {
+        let child = &mut child;
+        let waiting = scope.spawn(move || {
+            let mut waiter = Waiter::new(child, limits.options.wait);
+            let ending = waiter.wait(limits);
+            if !matches!(ending, Ending::Exited) {
+                terminate(child, &mut waiter, limits.grace);
+            }
+            // Leftovers of the group; the leader is a zombie at most, so the id is still ours.
+            let _ = rustix::process::kill_process_group(pid_of(child), Signal::KILL);
+            let status = child.wait();
+            let _ = exited_tx.send(());
+            (ending, status)
+        });
+        let (stdout, stderr_tail) = forward(&messages, &exited, on_line, &description);
+        let (ending, status) = waiting.join().expect("the waiting thread does not panic");
+        (ending, status, stdout, stderr_tail)
+    });
+    let status = status.map_err(|e| JobError::Failed(format!("cannot reap `{description}`: {e}")))?;
     match ending {
-        Ending::Cancelled => Err(ctx.cancel.error()),
-        Ending::TimedOut => Err(JobError::TimedOut(ctx.timeout)),
+        Ending::Cancelled => Err(limits.cancel.error()),
+        Ending::TimedOut => Err(JobError::TimedOut(limits.timeout)),
         Ending::Exited if status.success() => Ok(CommandOutput { stdout, stderr_tail }),
         Ending::Exited => Err(JobError::Failed(failure_message(&description, status, &stderr_tail))),
     }
 }
 
-use crate::exec::CommandOutput;
+/// Hands the readers' lines to `on_line` until both pipes closed, or until the child
+/// is gone and a short grace passed; returns stdout and the stderr tail.
+fn forward(
+    messages: &Receiver<Message>,
+    exited: &Receiver<()>,
+    on_line: &mut dyn FnMut(Stream, &str),
+    description: &str,
+) -> (String, String) {
+    let (mut stdout, mut stderr) = (None, None);
+    let mut drain_deadline: Option<Instant> = None;
+    while stdout.is_none() || stderr.is_none() {
+        let message = match drain_deadline {
+            None => select! {
+                recv(messages) -> m => m.ok(),
+                recv(exited) -> _ => {
+                    drain_deadline = Some(Instant::now() + PIPE_DRAIN_GRACE);
+                    continue;
+                }
+            },
+            Some(deadline) => match messages.recv_deadline(deadline) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    log::warn!(
+                        "`{description}` exited but a process outside its group holds its output open"
+                    );
+                    None
+                }
+            },
+        };
+        match message {
+            Some(Message::Line(stream, line)) => on_line(stream, &line),
+            Some(Message::Done(Stream::Stdout, kept)) => stdout = Some(kept),
+            Some(Message::Done(Stream::Stderr, kept)) => stderr = Some(kept),
+            None => break,
+        }
+    }
+    (stdout.unwrap_or_default(), stderr.unwrap_or_default())
+}
 
 fn failure_message(description: &str, status: ExitStatus, stderr_tail: &str) -> String {
     let how = match (status.code(), status.signal()) {
@@ -245,21 +450,21 @@ impl Waiter {
     }
 
     /// Until the child exits, the job is cancelled or its deadline passes.
-    fn wait(&mut self, ctx: &JobContext) -> Ending {
+    fn wait(&mut self, limits: &Limits<'_>) -> Ending {
         loop {
             let now = Instant::now();
-            if ctx.cancel.is_cancelled() {
+            if limits.cancel.is_cancelled() {
                 return Ending::Cancelled;
             }
-            if now >= ctx.deadline {
+            if now >= limits.deadline {
                 return Ending::TimedOut;
             }
-            let remaining = ctx.deadline - now;
+            let remaining = limits.deadline - now;
             match self {
                 Waiter::Pidfd(pidfd, exited) => {
                     use rustix::event::{PollFd, PollFlags};
                     let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
-                    if let Some(eventfd) = ctx.cancel.eventfd() {
+                    if let Some(eventfd) = limits.cancel.eventfd() {
                         fds.push(PollFd::new(eventfd, PollFlags::IN));
                     }
                     match rustix::event::poll(&mut fds, Some(&timespec(remaining))) {
@@ -277,7 +482,7 @@ impl Waiter {
                             *exited = true;
                             return Ending::Exited;
                         }
-                        recv(ctx.cancel.woken()) -> _ => continue,
+                        recv(limits.cancel.woken()) -> _ => continue,
                         default(remaining) => continue,
                     }
                 }
@@ -323,62 +528,49 @@ fn timespec(d: Duration) -> rustix::event::Timespec {
     }
 }
 
-/// The two threads draining a child's pipes.
-struct Readers {
-    done: Receiver<(Stream, String)>,
+/// What a pipe reader sends: each line, then what it kept once the pipe closed.
+enum Message {
+    Line(Stream, String),
+    Done(Stream, String),
 }
 
+/// The two threads draining a child's pipes.
+struct Readers;
+
 impl Readers {
-    fn start(child: &mut Child, logs: &LogSink) -> Readers {
-        let (tx, done) = crossbeam_channel::bounded(2);
+    fn start(child: &mut Child, messages: Sender<Message>) {
         let pipes: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
             (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
             (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
         ];
         for (stream, pipe) in pipes {
-            let Some(pipe) = pipe else { continue };
-            let (tx, logs) = (tx.clone(), logs.clone());
+            let Some(pipe) = pipe else {
+                let _ = messages.send(Message::Done(stream, String::new()));
+                continue;
+            };
+            let messages = messages.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("genbuild-{stream:?}").to_lowercase())
                 .spawn(move || {
-                    let kept = drain(pipe, stream, &logs);
-                    let _ = tx.send((stream, kept));
+                    let kept = drain(pipe, stream, &messages);
+                    let _ = messages.send(Message::Done(stream, kept));
                 });
             if let Err(e) = spawned {
                 log::error!("cannot start a pipe reader: {e}");
             }
         }
-        Readers { done }
-    }
-
-    /// Stdout and the stderr tail, once both pipes closed (or after a short grace).
-    fn finish(self, description: &str) -> (String, String) {
-        let (mut stdout, mut stderr) = (String::new(), String::new());
-        let deadline = Instant::now() + PIPE_DRAIN_GRACE;
-        for _ in 0..2 {
-            match self.done.recv_deadline(deadline) {
-                Ok((Stream::Stdout, s)) => stdout = s,
-                Ok((Stream::Stderr, s)) => stderr = s,
-                Err(_) => {
-                    log::warn!(
-                        "`{description}` exited but a process outside its group holds its output open"
-                    );
-                    break;
-                }
-            }
-        }
-        (stdout, stderr)
     }
 }
 
 /// Reads `pipe` to its end, line by line. Keeps all of stdout (bounded) and the tail
 /// of stderr.
-fn drain(pipe: Box<dyn Read + Send>, stream: Stream, logs: &LogSink) -> String {
+fn drain(pipe: Box<dyn Read + Send>, stream: Stream, messages: &Sender<Message>) -> String {
     let mut reader = BufReader::new(pipe);
     let mut line = Vec::new();
     let mut kept = String::new();
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut tail_bytes = 0;
+    let mut forwarding = true;
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
@@ -387,7 +579,9 @@ fn drain(pipe: Box<dyn Read + Send>, stream: Stream, logs: &LogSink) -> String {
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
-        logs(stream, text);
+        // Once the receiving side is gone, the pipe is still drained so the child
+        // never blocks on a full pipe.
+        forwarding = forwarding && messages.send(Message::Line(stream, text.to_string())).is_ok();
         match stream {
             Stream::Stdout if kept.len() + line.len() <= STDOUT_LIMIT => {
                 kept.push_str(&String::from_utf8_lossy(&line))

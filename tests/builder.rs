@@ -96,7 +96,7 @@ fn the_stderr_tail_is_bounded_and_keeps_the_last_lines() {
     let err = generation(&store, &uuid).build_err;
     assert!(err.ends_with("line1998\nline1999"), "{err}");
     assert!(!err.contains("line0\n"));
-    assert!(err.len() <= genbuild::STDERR_TAIL_BYTES + 200, "{} bytes", err.len());
+    assert!(err.len() <= 4096 + 200, "{} bytes: the tail is bounded to 4 KiB", err.len());
 }
 
 #[test]
@@ -336,7 +336,7 @@ fn a_panicking_executor_still_ends_its_job() {
     assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
     let g = generation(&store, &uuid);
     assert_eq!(g.eval_status, status::FAILED);
-    assert_eq!(g.eval_err, "the executor panicked: the executor exploded");
+    assert_eq!(g.eval_err, "the job panicked: the executor exploded");
     assert!(!builder.is_evaluating());
 }
 

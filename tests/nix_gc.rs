@@ -32,7 +32,7 @@ fn survives_a_gc_between_eval_and_build(
     assert!(valid(&g.out_path), "the output was collected");
 
     let executor = make(env.options());
-    let mut release = genbuild::Exec::new(
+    let mut release = genbuild::Job::new(
         move |ctx: &genbuild::JobContext| {
             executor.release_unused(&[], ctx);
             Ok(())

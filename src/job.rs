@@ -1,0 +1,347 @@
+//! Jobs: a piece of [`Work`] on a thread of its own, with a deadline and a cancel switch.
+//!
+//! A [`Job`] is the reference's `Exec` (start, wait, stop, error). The [`JobContext`]
+//! it hands to the work carries the deadline, the cancellation and where the work's
+//! output goes, and runs commands with the subprocess protocol of
+//! [`process`](crate::process): work that only runs commands through
+//! [`JobContext::run`] is timed out and cancelled without any code of its own.
+//!
+//! A job catches a panic of its work, once, on its own thread, and turns it into a
+//! [`JobError`]: whoever waits for the job, and the job's
+//! [`on_finished`](Job::on_finished) hook, always learn how it ended.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{CancelReason, JobError};
+use crate::process::{self, CancelToken, CommandOutput, Limits, ProcessOptions, Stream};
+
+/// How far a build has come, as a job reports it with [`JobContext::progress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Derivations built.
+    pub done: u64,
+    /// Derivations to build in all.
+    pub expected: u64,
+    /// Derivations building now.
+    pub running: u64,
+    /// Derivations that failed.
+    pub failed: u64,
+    /// The store paths of the derivations building now.
+    pub building: Vec<String>,
+}
+
+/// What a job's work produces besides its result: log lines and progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutput<'a> {
+    /// A line a command printed, or the work logged.
+    Line {
+        /// Where the line came from.
+        stream: Stream,
+        /// The derivation whose builder printed the line, when known.
+        drv_path: Option<&'a str>,
+        /// The line, without its line ending.
+        text: &'a str,
+    },
+    /// The progress of a build.
+    Progress(&'a Progress),
+}
+
+/// Receives a job's [`JobOutput`], on the job's thread. It must not block: the
+/// job's command waits while it runs.
+pub type LogSink = Arc<dyn Fn(JobOutput<'_>) + Send + Sync>;
+
+/// What a job sees of its surroundings: its deadline, its cancellation, where its
+/// output goes, and the one way to run a command under those.
+pub struct JobContext {
+    timeout: Duration,
+    deadline: Instant,
+    grace: Duration,
+    cancel: Arc<CancelToken>,
+    logs: LogSink,
+    options: ProcessOptions,
+    gc_root_owner: Arc<str>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
+            .field("grace", &self.grace)
+            .field("cancelled", &self.is_cancelled())
+            .field("options", &self.options)
+            .field("gc_root_owner", &self.gc_root_owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// Runs `cmd` to completion in its own process group, stdin closed, each line of
+    /// stdout and stderr sent to the job's log as it comes.
+    ///
+    /// Blocks until the command exits, the job's deadline passes or the job is
+    /// cancelled; in the two last cases the command's process group gets SIGTERM, then
+    /// after the grace period SIGKILL, as does every descendant (also those that left
+    /// the group with `setsid`), and this returns [`JobError::TimedOut`] or
+    /// [`JobError::Cancelled`]. A command that exits non-zero or by a signal gives
+    /// [`JobError::Failed`] naming the command, its status and the last lines of its
+    /// stderr.
+    pub fn run(&self, cmd: Command) -> Result<CommandOutput, JobError> {
+        self.run_with(cmd, &mut |stream, line| self.log(stream, line))
+    }
+
+    /// Runs `cmd` as [`run`](JobContext::run) does, but hands every line it prints to
+    /// `on_line` (on this thread, in order) instead of the job's log; `on_line`
+    /// decides what to log. Stdout is still collected, and the raw stderr tail kept
+    /// for the error of a failing command.
+    pub fn run_with(
+        &self,
+        cmd: Command,
+        on_line: &mut dyn FnMut(Stream, &str),
+    ) -> Result<CommandOutput, JobError> {
+        let limits = Limits {
+            timeout: self.timeout,
+            deadline: self.deadline,
+            cancel: &self.cancel,
+            grace: self.grace,
+            options: &self.options,
+        };
+        process::run(cmd, &limits, on_line)
+    }
+
+    /// Sends one line to the job's log, as if a command had printed it.
+    pub fn log(&self, stream: Stream, line: &str) {
+        (self.logs)(JobOutput::Line { stream, drv_path: None, text: line })
+    }
+
+    /// Sends one line to the job's log, attributed to the derivation `drv_path`
+    /// whose builder printed it.
+    pub fn log_derivation(&self, stream: Stream, drv_path: &str, line: &str) {
+        (self.logs)(JobOutput::Line { stream, drv_path: Some(drv_path), text: line })
+    }
+
+    /// Reports how far the job's build has come.
+    pub fn progress(&self, progress: Progress) {
+        (self.logs)(JobOutput::Progress(&progress))
+    }
+
+    /// Whether the job has been cancelled; long pure-Rust work should check it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// When the job times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The name under which an executor keeps the gc roots of this job: the id of the
+    /// builder's [`Store`](crate::Store). Roots kept under another name belong to
+    /// another builder and must never be released by this one.
+    pub fn gc_root_owner(&self) -> &str {
+        &self.gc_root_owner
+    }
+}
+
+/// What a [`Job`] runs on its thread.
+pub trait Work: Send + 'static {
+    /// Does the work; commands go through `ctx` so that they can be stopped.
+    fn run(&mut self, ctx: &JobContext) -> Result<(), JobError>;
+}
+
+impl<F> Work for F
+where
+    F: FnMut(&JobContext) -> Result<(), JobError> + Send + 'static,
+{
+    fn run(&mut self, ctx: &JobContext) -> Result<(), JobError> {
+        self(ctx)
+    }
+}
+
+type OnFinished = Box<dyn FnOnce(&Result<(), JobError>) + Send>;
+
+/// Runs one piece of [`Work`] on a thread of its own, with a timeout and cancellation.
+///
+/// ```
+/// use std::process::Command;
+/// use std::time::Duration;
+/// use genbuild::{Job, JobContext, JobError};
+///
+/// let mut job = Job::new(
+///     |ctx: &JobContext| {
+///         let mut sleep = Command::new("sleep");
+///         sleep.arg("30");
+///         ctx.run(sleep).map(drop)
+///     },
+///     Duration::from_millis(100),
+/// );
+/// job.start();
+/// job.wait();
+/// assert_eq!(job.error(), Some(&JobError::TimedOut(Duration::from_millis(100))));
+/// ```
+pub struct Job {
+    work: Option<Box<dyn Work>>,
+    timeout: Duration,
+    options: ProcessOptions,
+    grace: Option<Duration>,
+    logs: LogSink,
+    gc_root_owner: Arc<str>,
+    on_finished: Option<OnFinished>,
+    cancel: Arc<CancelToken>,
+    thread: Option<JoinHandle<Result<(), JobError>>>,
+    result: Option<Result<(), JobError>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("timeout", &self.timeout)
+            .field("options", &self.options)
+            .field("started", &(self.work.is_none()))
+            .field("finished", &self.is_finished())
+            .field("result", &self.result)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// A job that will run `work` with `timeout` once started. Its log lines go to
+    /// the `log` crate at debug level.
+    pub fn new(work: impl Work, timeout: Duration) -> Job {
+        Job {
+            work: Some(Box::new(work)),
+            timeout,
+            options: ProcessOptions::default(),
+            grace: None,
+            logs: Arc::new(|output| {
+                if let JobOutput::Line { stream, text, .. } = output {
+                    log::debug!("{stream:?}: {text}")
+                }
+            }),
+            gc_root_owner: Arc::from("standalone"),
+            on_finished: None,
+            cancel: CancelToken::new(),
+            thread: None,
+            result: None,
+        }
+    }
+
+    /// Replaces the subprocess options (grace period, wait strategy, containment).
+    pub fn with_options(mut self, options: ProcessOptions) -> Job {
+        self.options = options;
+        self
+    }
+
+    /// Sets the time between SIGTERM and SIGKILL for this job's commands; by default
+    /// the options' [`kill_grace`](ProcessOptions::kill_grace).
+    pub fn with_kill_grace(mut self, grace: Duration) -> Job {
+        self.grace = Some(grace);
+        self
+    }
+
+    /// Replaces where the job's output goes.
+    pub fn with_log_sink(mut self, logs: LogSink) -> Job {
+        self.logs = logs;
+        self
+    }
+
+    /// Sets the name its executor keeps gc roots under ([`JobContext::gc_root_owner`]);
+    /// `"standalone"` by default.
+    pub fn with_gc_root_owner(mut self, owner: &str) -> Job {
+        self.gc_root_owner = Arc::from(owner);
+        self
+    }
+
+    /// Calls `f` on the job's thread with the job's result once its work returned or
+    /// panicked, before [`wait`](Job::wait) returns. Not called for a job whose
+    /// thread could not be started (its error is then known when `start` returns).
+    pub fn on_finished(mut self, f: impl FnOnce(&Result<(), JobError>) + Send + 'static) -> Job {
+        self.on_finished = Some(Box::new(f));
+        self
+    }
+
+    /// Starts the job on a new thread; the timeout runs from here. A second call does
+    /// nothing.
+    pub fn start(&mut self) {
+        let Some(mut work) = self.work.take() else { return };
+        let now = Instant::now();
+        let ctx = JobContext {
+            timeout: self.timeout,
+            deadline: now.checked_add(self.timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86400)),
+            grace: self.grace.unwrap_or(self.options.kill_grace),
+            cancel: self.cancel.clone(),
+            logs: self.logs.clone(),
+            options: self.options.clone(),
+            gc_root_owner: self.gc_root_owner.clone(),
+        };
+        let on_finished = self.on_finished.take();
+        let spawned = std::thread::Builder::new().name("genbuild-job".into()).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run(&ctx)))
+                .unwrap_or_else(|panic| {
+                    Err(JobError::Failed(format!("the job panicked: {}", panic_message(&*panic))))
+                });
+            drop(work);
+            if let Some(f) = on_finished {
+                f(&result);
+            }
+            result
+        });
+        match spawned {
+            Ok(thread) => self.thread = Some(thread),
+            Err(e) => self.result = Some(Err(JobError::Failed(format!("cannot start a job thread: {e}")))),
+        }
+    }
+
+    /// Blocks until the job's thread has ended (returns at once if it was never started).
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.result = Some(thread.join().unwrap_or_else(|panic| {
+                // Only the on_finished hook can get here: the work's panic is caught.
+                Err(JobError::Failed(format!("the job's end panicked: {}", panic_message(&*panic))))
+            }));
+        }
+    }
+
+    /// Cancels the job and waits for it to end.
+    pub fn stop(&mut self) {
+        self.cancel(CancelReason::Stopped);
+        self.wait();
+    }
+
+    /// Cancels the job without waiting.
+    pub fn cancel(&self, reason: CancelReason) {
+        self.cancel.cancel(Some(reason));
+    }
+
+    /// The job's error once [`wait`](Job::wait) returned; `None` while it runs or if
+    /// it succeeded.
+    pub fn error(&self) -> Option<&JobError> {
+        self.result.as_ref().and_then(|r| r.as_ref().err())
+    }
+
+    /// Whether the job's thread has ended (without joining it).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Job {
+    /// A job is never left running behind its handle.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The text of a panic payload, for error messages.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_string())
+}
