@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nix;
+pub mod remote;
 
 use std::collections::HashSet;
 use std::process::Command;
