@@ -147,37 +147,33 @@ fn stop_during_a_remote_build_leaves_no_process(case: Case, remote: &Remote) {
     assert_no_process(&n);
 }
 
+/// Both executors, one after the other on one remote.
+const FRONTS: [Front; 2] = [Front::Legacy, Front::Flake];
+
 #[test]
-fn legacy_builds_on_the_remote_and_copies_back() {
+fn builds_run_on_the_remote_and_are_copied_back() {
     let Some(remote) = Remote::start_or_skip() else { return };
-    builds_on_the_remote_and_copies_back(Case::new(Front::Legacy, Protocol::SshNg), &remote);
+    for front in FRONTS {
+        builds_on_the_remote_and_copies_back(Case::new(front, Protocol::SshNg), &remote);
+    }
 }
 
 #[test]
-fn flake_builds_on_the_remote_and_copies_back() {
+fn stop_during_a_remote_build_leaves_no_process_on_either_side() {
     let Some(remote) = Remote::start_or_skip() else { return };
-    builds_on_the_remote_and_copies_back(Case::new(Front::Flake, Protocol::SshNg), &remote);
+    for front in FRONTS {
+        stop_during_a_remote_build_leaves_no_process(Case::new(front, Protocol::SshNg), &remote);
+    }
 }
 
-#[test]
-fn legacy_stop_during_a_remote_build_leaves_no_process() {
-    let Some(remote) = Remote::start_or_skip() else { return };
-    stop_during_a_remote_build_leaves_no_process(Case::new(Front::Legacy, Protocol::SshNg), &remote);
-}
-
-#[test]
-fn flake_stop_during_a_remote_build_leaves_no_process() {
-    let Some(remote) = Remote::start_or_skip() else { return };
-    stop_during_a_remote_build_leaves_no_process(Case::new(Front::Flake, Protocol::SshNg), &remote);
-}
-
-/// No grace: the local Nix is killed before it can end its build hook, which runs in a
-/// session of its own (setsid) with the ssh client below it. genbuild's walk of the
-/// process tree must find and kill both, and the remote's side still goes.
+/// No grace: SIGKILL follows SIGTERM at once, so the local Nix mostly dies before it
+/// can end its build hook, which runs in a session of its own (setsid) with the ssh
+/// client below it. genbuild's walk of the process tree must find and kill both, and
+/// the remote's side still goes.
 #[test]
 fn stop_without_grace_kills_the_build_hook_and_ssh_client_too() {
     let Some(remote) = Remote::start_or_skip() else { return };
-    for front in [Front::Legacy, Front::Flake] {
+    for front in FRONTS {
         let case = Case { kill_grace: Some(Duration::ZERO), ..Case::new(front, Protocol::SshNg) };
         stop_during_a_remote_build_leaves_no_process(case, &remote);
     }
@@ -188,7 +184,7 @@ fn stop_without_grace_kills_the_build_hook_and_ssh_client_too() {
 #[test]
 fn ssh_protocol_builds_and_stops_on_the_same_remote() {
     let Some(remote) = Remote::start_or_skip() else { return };
-    for front in [Front::Legacy, Front::Flake] {
+    for front in FRONTS {
         builds_on_the_remote_and_copies_back(Case::new(front, Protocol::Ssh), &remote);
         stop_during_a_remote_build_leaves_no_process(Case::new(front, Protocol::Ssh), &remote);
     }
