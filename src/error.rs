@@ -1,4 +1,5 @@
-//! The one error type of genbuild's API, and [`JobError`], the outcome of a failed job.
+//! The builder's refusals ([`Error`]), the store's failures ([`StoreError`]) and
+//! [`JobError`], the outcome of a failed job.
 //!
 //! Messages of the builder's refusals are part of the contract (DESIGN.md, Semantics):
 //! callers and the Go reference compare them as strings.
@@ -30,12 +31,68 @@ pub enum Error {
     /// `resume` without `suspend`.
     #[error("the builder is not suspended")]
     NotSuspended,
-    /// The store file exists but does not decode; it was left untouched.
-    #[error("the store file {path} does not decode ({reason}); it was left untouched: move it away to start with an empty store")]
-    CorruptStore { path: PathBuf, reason: String },
-    /// Reading or writing the store file failed.
-    #[error("cannot {action} the store file {path}: {reason}")]
-    StoreIo { action: &'static str, path: PathBuf, reason: String },
+}
+
+/// Why a persisted [`Store`](crate::Store) could not be opened, or a change not written.
+///
+/// `path` is always the file genbuild read or wrote: the state file, or the file its
+/// symbolic link resolves to. A file that cannot be read as a state file is never
+/// overwritten. The text of an [`Io`](StoreError::Io) failure includes the operating
+/// system's message (C callers and [`Store::last_error`](crate::Store::last_error) see
+/// only the text), which [`source`](std::error::Error::source) also returns.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is not a whole genbuild state file: cut short, damaged, or something
+    /// else entirely. It was left untouched.
+    #[error(
+        "the store file {path} is corrupt ({reason}); it was left untouched: \
+         move it away to start with an empty store"
+    )]
+    Corrupt {
+        /// The file read.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file was written by a newer genbuild, in a format version this one cannot
+    /// read. It was left untouched.
+    #[error(
+        "the store file {path} has format version {version}, and this genbuild reads \
+         versions up to {supported}; it was left untouched: run a newer genbuild, or move \
+         the file away to start with an empty store"
+    )]
+    NewerVersion {
+        /// The file read.
+        path: PathBuf,
+        /// The version its header declares.
+        version: u32,
+        /// The newest version this genbuild reads (and the one it writes).
+        supported: u32,
+    },
+    /// The path names something other than a regular file, such as a directory or a
+    /// FIFO.
+    #[error(
+        "the store file {path} is {found}, not a regular file: give the path of a file \
+         (it is created on the first change)"
+    )]
+    NotAFile {
+        /// The path inspected.
+        path: PathBuf,
+        /// What was found there, e.g. "a directory".
+        found: &'static str,
+    },
+    /// Reading, writing or inspecting the file failed.
+    #[error("cannot {action} the store file {path}: {source}")]
+    Io {
+        /// What genbuild was doing, e.g. "read" or "create a temporary file beside".
+        action: &'static str,
+        /// The file acted upon.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a job (an evaluation or a build) did not succeed.

@@ -181,11 +181,13 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        let code = match e {
-            Error::CorruptStore { .. } | Error::StoreIo { .. } => genbuild_result::StoreError,
-            _ => genbuild_result::Refused,
-        };
-        Failure::new(code, e.to_string())
+        Failure::new(genbuild_result::Refused, e.to_string())
+    }
+}
+
+impl From<crate::error::StoreError> for Failure {
+    fn from(e: crate::error::StoreError) -> Failure {
+        Failure::new(genbuild_result::StoreError, e.to_string())
     }
 }
 

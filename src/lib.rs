@@ -25,7 +25,7 @@ pub mod proto;
 pub mod store;
 
 pub use builder::{Builder, BuilderConfig, BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD};
-pub use error::{CancelReason, Error, JobError};
+pub use error::{CancelReason, Error, JobError, StoreError};
 pub use executor::{EvalOutput, EvalRequest, Executor, FlakeExecutor, NixExecutor, NixOptions};
 pub use job::{Job, JobContext, JobOutput, LogSink, Progress, Work};
 pub use process::{CommandOutput, Containment, ProcessOptions, Stream, WaitStrategy};

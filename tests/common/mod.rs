@@ -4,6 +4,7 @@
 
 pub mod nix;
 pub mod remote;
+pub mod store;
 
 use std::collections::HashSet;
 use std::process::Command;
