@@ -15,6 +15,10 @@
 //! under test) and sends SIGKILL. It then opens a copy of the file and checks it, and
 //! leaves the original for the next child to load, so that the load of a crashed file
 //! and its "interrupted" rewrite are exercised too.
+//!
+//! The run starts from a file in the legacy format (a bare protobuf, as genbuild wrote
+//! it before the framed format): the first child migrates it, and from then on every
+//! file left behind must be framed (magic, version, length, data, checksum) and whole.
 
 mod common;
 
@@ -24,9 +28,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::store::{is_framed, one_built_generation};
 use common::*;
 use genbuild::proto::{status, Generation};
 use genbuild::{Builder, Store};
+use prost::Message;
 
 /// Where the child persists; unset, the child test does nothing.
 const STATE_ENV: &str = "GENBUILD_PERSIST_CRASH_STATE";
@@ -34,7 +40,6 @@ const STARTED: &str = "GENBUILD-PERSIST-CHILD-STARTED";
 const KILLS: usize = 200;
 /// The kill lands within this long after the child said it started.
 const MAX_DELAY_MICROS: u64 = 40_000;
-
 /// Not a test of its own: the body of the child process the parent kills.
 #[test]
 #[ignore = "run by persisted_state_survives_sigkill_at_random_points in a child process"]
@@ -130,7 +135,9 @@ fn persisted_state_survives_sigkill_at_random_points() {
     let path = dir.path().join("state.pb");
     let exe = std::env::current_exe().unwrap();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let (mut mid_write, mut generations_seen) = (0, 0);
+    let seed = one_built_generation("00000000-0000-4000-8000-000000000000").encode_to_vec();
+    std::fs::write(&path, &seed).unwrap();
+    let (mut mid_write, mut generations_seen, mut migrated_at) = (0, 0, None);
     for kill in 0..KILLS {
         let mut child = Command::new(&exe)
             .args(["--exact", "persist_child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -168,6 +175,15 @@ fn persisted_state_survives_sigkill_at_random_points() {
         );
 
         mid_write += usize::from(temp_files(dir.path()) > 0);
+        let bytes = std::fs::read(&path).unwrap();
+        if is_framed(&bytes) {
+            migrated_at.get_or_insert(kill);
+        } else {
+            assert!(
+                migrated_at.is_none() && bytes == seed,
+                "kill {kill}: neither framed nor the legacy seed"
+            );
+        }
         let store = Store::open(&path).unwrap_or_else(|e| panic!("kill {kill}: {e}"));
         assert_eq!(temp_files(dir.path()), 0, "kill {kill}: opening removes what interrupted writes left");
         let generations = store.generations();
@@ -176,8 +192,9 @@ fn persisted_state_survives_sigkill_at_random_points() {
     }
     eprintln!(
         "{KILLS} kills, {mid_write} of them between a temporary file's creation and its rename; \
-         {generations_seen} generations checked"
+         {generations_seen} generations checked; the legacy file was migrated by child {migrated_at:?}"
     );
+    assert!(migrated_at.is_some(), "no child ever rewrote the legacy file");
     assert!(generations_seen > 0, "the children never persisted anything");
     // Every child was reaped above, and its jobs start no process; none may be left.
     assert_no_process("persist_child");
