@@ -165,6 +165,39 @@ fn builds_a_repository_and_sums_it_up() {
 }
 
 #[test]
+fn a_terminal_gets_one_status_line_rewritten_in_place() {
+    if !nix_or_skip() {
+        return;
+    }
+    let case = Case::legacy(single);
+    // `script` (util-linux) runs the demo on a pseudo-terminal of unknown size.
+    let mut command = shell_words(demo_binary().to_str().unwrap());
+    for arg in case.args(&["--build"]) {
+        command.push(' ');
+        command.push_str(&shell_words(arg));
+    }
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(screen.contains("\r\x1b[2K[0:00] evaluating web1 at "), "{screen:?}");
+    assert!(screen.contains("\r\x1b[2K[0:00] building sys"), "{screen:?}");
+    let summary = screen.split("\r\n\r\n").last().unwrap();
+    assert!(summary.starts_with("generation  ") && !summary.contains('\x1b'), "{screen:?}");
+    assert!(summary.contains("build       built in "), "{screen:?}");
+    assert_no_process(&case.nonce);
+}
+
+/// `s` quoted for `sh`.
+fn shell_words(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
 fn json_for_scripts() {
     if !nix_or_skip() {
         return;

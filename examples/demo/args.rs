@@ -18,7 +18,8 @@ Usage:
 Options:
   --repo PATH          the git repository (its root, or a bare repository)
   --host NAME          the host whose system is evaluated
-  --flake              the repository is a flake: evaluate ATTR.NAME of its outputs
+  --flake              the repository is a flake: evaluate
+                       ATTR.NAME.config.system.build.toplevel of its outputs
                        (otherwise its default.nix is imported, given `hostname` when
                        it is a function, and ATTR.toplevel is evaluated)
   --attr ATTR          the attribute holding the systems (default nixosConfigurations)
