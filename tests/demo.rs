@@ -276,6 +276,29 @@ fn a_chain_of_three_derivations_through_both_executors() {
 }
 
 #[test]
+fn a_failing_derivation_fails_the_run_with_its_output() {
+    if !nix_or_skip() {
+        return;
+    }
+    let case = Case::legacy(|n| {
+        let system = "builtins.currentSystem";
+        let a = drv("chain-a", n, "echo a > $out", system);
+        let b = drv("chain-b", n, &format!("echo failing-{n}; : ${{a}}; exit 3"), system);
+        let c = drv("chain-c", n, "echo ${b} > $out", system);
+        format!("let a = {a}; b = {b}; c = {c}; in c")
+    });
+    let run = run(&case.args(&["--build"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.row("evaluation").starts_with("evaluated in "), "{run:?}");
+    assert!(run.row("build").starts_with("failed after "), "{run:?}");
+    let error = &run.stdout[run.stdout.find("\nerror       ").expect("an error row")..];
+    assert!(error.contains("-chain-b.drv"), "the failing derivation is named: {run:?}");
+    assert!(!error.contains("@nix") && !error.contains('\x1b'), "{run:?}");
+    assert!(has_log_line(&run, "chain-b", &format!("failing-{}", case.nonce)), "{run:?}");
+    assert_no_process(&case.nonce);
+}
+
+#[test]
 fn a_bad_attribute_is_nix_error_in_the_summary() {
     if !nix_or_skip() {
         return;
