@@ -91,7 +91,8 @@ impl<W: Write> Display<W> {
                 }
             }
             Some(Kind::BuildProgress(p)) => {
-                let changed = self.progress.as_ref() != Some(p);
+                // Without a status line, a progress line each time its text changes.
+                let changed = self.progress.as_ref().is_none_or(|last| progress(last) != progress(p));
                 self.progress = Some(p.clone());
                 if changed && self.live.is_none() {
                     self.say(&format!("progress: {}", progress(p)))?;
@@ -261,7 +262,7 @@ mod tests {
             progress(0, 1, 0, &["chain-a"]),
             log(&drv("chain-a"), "hello from a"),
             progress(1, 1, 0, &["chain-b"]),
-            progress(1, 1, 0, &["chain-b"]),
+            progress(1, 2, 0, &["chain-b"]),
             progress(2, 1, 0, &["chain-c"]),
             progress(3, 0, 0, &[]),
             event(Kind::BuildFinished(proto::BuildFinished { generation: Some(built) })),
