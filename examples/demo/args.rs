@@ -3,7 +3,7 @@
 //! anything runs: a usage error exits with status 2.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 pub const USAGE: &str = "\
 Evaluate (and build) one NixOS generation with genbuild and real Nix.
@@ -132,6 +132,10 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String
     }
     let commit = commit.unwrap_or_else(|| "HEAD".into());
     let subdir = subdir.unwrap_or_default();
+    let escapes = |c: std::path::Component| !matches!(c, Component::Normal(_) | Component::CurDir);
+    if Path::new(&subdir).components().any(escapes) {
+        return Err(format!("--subdir {subdir}: a directory inside the repository (relative, without `..`)"));
+    }
     args.target = Some(Target { repo, host, flake, attr, subdir, commit });
     Ok(Parsed::Run(args))
 }
@@ -241,6 +245,11 @@ mod tests {
         assert!(err(&["positional"]).contains("positional"));
         assert!(err(&["--repo"]).contains("--repo"));
         assert!(err(&["--option", "x"]).contains("--option x needs a VALUE"));
+        for subdir in ["/etc", "../x", "a/../.."] {
+            let e = err(&["--repo", "/x", "--host", "h", "--subdir", subdir]);
+            assert!(e.contains("a directory inside the repository"), "{e}");
+        }
+        assert!(parse(&["--repo", "/x", "--host", "h", "--subdir", "./hosts/web1/"]).is_ok());
         assert!(err(&["--build=yes"]).contains("--build"));
         assert!(err(&["--frobnicate"]).ends_with(TRY_HELP));
         assert_eq!(parse(&["--repo", "/x", "-h"]), Ok(Parsed::Help));
