@@ -90,6 +90,20 @@ pub fn plain(text: &str) -> String {
     out
 }
 
+/// A failed command's error with the command shortened to its program: in
+/// ``"`nix-store --option … --realise /nix/store/…` exited with status 1:\n…"`` the
+/// arguments genbuild chose are noise to a person (`--json` keeps them).
+pub fn short_command(error: &str) -> String {
+    let Some(rest) = error.strip_prefix('`') else { return error.to_string() };
+    for outcome in ["` exited with status ", "` killed by signal "] {
+        if let Some(end) = rest.find(outcome) {
+            let program = rest[..end].split_whitespace().next().unwrap_or_default();
+            return format!("{program}{}", &rest[end + 1..]);
+        }
+    }
+    error.to_string()
+}
+
 /// [`plain`], line by line: newlines stay.
 pub fn plain_lines(text: &str) -> String {
     text.lines().map(plain).collect::<Vec<_>>().join("\n")
@@ -135,6 +149,18 @@ mod tests {
         assert_eq!(between(Some(&t(10, 500_000_000)), Some(&t(12, 0))), Some(Duration::from_millis(1500)));
         assert_eq!(between(Some(&t(12, 0)), Some(&t(10, 0))), None);
         assert_eq!(between(None, Some(&t(10, 0))), None);
+    }
+
+    #[test]
+    fn failed_commands_are_named_by_their_program() {
+        let error = "`nix-instantiate --expr '{ x }:\n  x' --argstr a b` exited with status 1:\nerror: boom";
+        assert_eq!(short_command(error), "nix-instantiate exited with status 1:\nerror: boom");
+        assert_eq!(
+            short_command("`nix-store --realise /x` killed by signal 9"),
+            "nix-store killed by signal 9"
+        );
+        assert_eq!(short_command("cancelled: stopped"), "cancelled: stopped");
+        assert_eq!(short_command("`unterminated"), "`unterminated");
     }
 
     #[test]

@@ -32,12 +32,19 @@ pub fn summary(state: &proto::Builder, build_asked: bool) -> String {
     }
     for error in [&g.eval_err, &g.build_err, &state.last_error] {
         if !error.is_empty() {
-            rows.push(("error", human::plain_lines(error)));
+            rows.push(("error", human::plain_lines(&human::short_command(error))));
         }
     }
-    rows.iter()
-        .map(|(name, value)| format!("{name:<11} {}\n", value.replace('\n', &format!("\n{INDENT}"))))
-        .collect()
+    let mut text = String::new();
+    for (name, value) in rows {
+        let mut lines = value.lines();
+        text.push_str(&format!("{name:<11} {}\n", lines.next().unwrap_or_default()));
+        for line in lines {
+            let indent = if line.is_empty() { "" } else { INDENT };
+            text.push_str(&format!("{indent}{line}\n"));
+        }
+    }
+    text
 }
 
 fn eval_status(g: &proto::Generation) -> String {
@@ -125,7 +132,9 @@ mod tests {
     fn failures_show_the_error_cleaned_and_indented() {
         let g = proto::Generation {
             build_status: "failed".into(),
-            build_err: "builder for '/nix/store/x-b.drv' failed\n\x1b[31mlast lines:\x1b[0m\n> boom".into(),
+            build_err: "`nix-store --realise /nix/store/x-c.drv --add-root /r` exited with status 1:\n\
+                        builder for '/nix/store/x-b.drv' failed\n\x1b[31mlast lines:\x1b[0m\n> boom"
+                .into(),
             machine_id: "a1b2".into(),
             repository_subdir: "hosts".into(),
             ..built()
@@ -137,10 +146,17 @@ mod tests {
         assert!(text.contains("machine id  a1b2\n"), "{text}");
         assert!(
             text.ends_with(
-                "error       builder for '/nix/store/x-b.drv' failed\n            last lines:\n            > boom\n"
+                "error       nix-store exited with status 1:\n            builder for '/nix/store/x-b.drv' failed\n            \
+                 last lines:\n            > boom\n"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn blank_lines_of_an_error_stay_blank() {
+        let g = proto::Generation { eval_status: "failed".into(), eval_err: "a\n\n  at x".into(), ..built() };
+        assert!(summary(&state(g), true).ends_with("error       a\n\n              at x\n"));
     }
 
     #[test]
