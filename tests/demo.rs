@@ -215,6 +215,48 @@ fn shell_words(s: &str) -> String {
 }
 
 #[test]
+fn a_repository_with_a_space_behind_a_symlink_and_a_subdir() {
+    if !nix_or_skip() {
+        return;
+    }
+    let (dir, n) = (tempfile::tempdir().unwrap(), nonce());
+    let repo = dir.path().join("my infra");
+    let host_dir = repo.join("hosts/web 1");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("default.nix"), format!("{{ machine.toplevel = {}; }}", single(&n)))
+        .unwrap();
+    let git = |args: &[&str]| {
+        let status = Command::new("git").arg("-C").arg(&repo).args(args).status().unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "spaces"]);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&repo, &link).unwrap();
+    let env = Env::new(); // its drop removes the roots' `auto/` links
+    let roots = env.roots.path().join("roots");
+    let run = run(&[
+        "--repo",
+        link.to_str().unwrap(),
+        "--host",
+        "web1",
+        "--attr",
+        "machine",
+        "--subdir",
+        "./hosts/web 1/",
+        "--build",
+        "--gc-roots",
+        roots.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.row("repository"), format!("{} (subdir ./hosts/web 1/)", repo.display()));
+    assert!(run.row("build").starts_with("built in "), "{run:?}");
+    assert!(has_log_line(&run, "sys", &format!("hello-{n}")), "{run:?}");
+    assert_no_process(&n);
+}
+
+#[test]
 fn json_for_scripts() {
     if !nix_or_skip() {
         return;
