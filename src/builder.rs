@@ -395,7 +395,7 @@ impl Shared {
                         "the evaluation returned an empty derivation or output path ({output:?})"
                     )));
                 }
-                let out_path_valid = executor.is_built(&output);
+                let out_path_valid = executor.is_built(&output, ctx);
                 Ok(Outcome::Evaluated { output, out_path_valid })
             }
             Task::Build(drv_path) => executor.build(drv_path, ctx).map(|()| Outcome::Built),

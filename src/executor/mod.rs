@@ -5,47 +5,65 @@
 
 use std::path::PathBuf;
 
-use crate::{JobContext, JobError};
+use crate::job::JobContext;
+use crate::JobError;
+
+mod nix;
+
+pub use nix::{FlakeExecutor, NixExecutor, NixOptions, NixVersion};
 
 /// The evaluation of one commit, as the builder hands it to an [`Executor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalRequest {
+    /// The repository holding the commit.
     pub repository_path: PathBuf,
-    /// `""` or `"."` for the repository root.
+    /// The directory of the expression inside the repository: `""` or `"."` for the
+    /// repository root.
     pub repository_subdir: String,
+    /// The commit to evaluate: 40 or 64 hexadecimal characters.
     pub commit_id: String,
     /// Legacy Nix: the attribute path holding `.toplevel`; flakes: `nixosConfigurations`.
     pub system_attr: String,
+    /// The host whose system is evaluated.
     pub hostname: String,
+    /// Whether the repository's submodules are part of the source.
     pub submodules: bool,
 }
 
 /// What an evaluation yields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EvalOutput {
+    /// The store path of the system's derivation (`….drv`).
     pub drv_path: String,
+    /// The store path the build will produce.
     pub out_path: String,
     /// The machine id the configuration expects, `""` when it sets none.
     pub machine_id: String,
 }
 
-/// Evaluates and builds. Called from the builder's worker threads, one job at a time
+/// Evaluates and builds. Called from the builder's job threads, one job at a time
 /// per builder; implementations must run their commands through `ctx` (or check
 /// [`JobContext::is_cancelled`]) so that timeouts and cancellation reach them.
 pub trait Executor: Send + Sync + 'static {
     /// Evaluates `req`, returning the derivation and output paths.
     fn eval(&self, req: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError>;
+
     /// Builds `drv_path`.
     fn build(&self, drv_path: &str, ctx: &JobContext) -> Result<(), JobError>;
+
     /// Whether `path` is valid in the Nix store.
     fn is_store_path_valid(&self, path: &str) -> bool;
+
     /// Whether the output of a successful evaluation is already built (the "already
     /// built" shortcut: the builder then records it built without building). By default
     /// [`is_store_path_valid`](Executor::is_store_path_valid) of the out path; the Nix
-    /// executors also root the output then, as a build would have.
-    fn is_built(&self, output: &EvalOutput) -> bool {
+    /// executors also root the output then, under `ctx`'s
+    /// [`gc_root_owner`](JobContext::gc_root_owner), as a build would have.
+    fn is_built(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
+        let _ = ctx;
         self.is_store_path_valid(&output.out_path)
     }
+
     /// Drops whatever the executor keeps, under `ctx`'s
     /// [`gc_root_owner`](JobContext::gc_root_owner), for derivations not in
     /// `live_drv_paths` (gc roots). Called from an evaluation job, before the
@@ -53,12 +71,25 @@ pub trait Executor: Send + Sync + 'static {
     fn release_unused(&self, live_drv_paths: &[String], ctx: &JobContext) {
         let _ = (live_drv_paths, ctx);
     }
+
+    /// The key of everything that can change the result of evaluating `req`, or `None`
+    /// when the result may depend on more than the executor can name (then an
+    /// evaluation is never reused). Two requests with the same key evaluate to the
+    /// same derivation, so a successful evaluation may stand in for a later one with
+    /// the same key (see [`reuse_evaluation`](Executor::reuse_evaluation)). `None`
+    /// by default.
+    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
+        let _ = req;
+        None
+    }
+
+    /// Whether the earlier evaluation `output` (of a request with the same
+    /// [`eval_reuse_key`](Executor::eval_reuse_key)) can stand in for a new one: its
+    /// derivation is still there, and is now protected for `ctx`'s
+    /// [`gc_root_owner`](JobContext::gc_root_owner) as an evaluation would have
+    /// protected it. `false` by default.
+    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
+        let _ = (output, ctx);
+        false
+    }
 }
-
-mod flake;
-mod legacy;
-mod nix;
-
-pub use flake::FlakeExecutor;
-pub use legacy::NixExecutor;
-pub use nix::{NixOptions, NixVersion};

@@ -1,0 +1,110 @@
+//! [`NixExecutor`], the legacy front end: evaluates a checkout of exactly the requested
+//! commit with one `nix-instantiate --eval` and builds with `nix-store --realise`.
+//!
+//! The checkout is a `git clone --shared` (objects borrowed from the repository, so it
+//! is cheap) in a private temporary directory that is removed whatever happens. The
+//! expression the caller's repository holds may be a function; it gets `hostname` if
+//! it asks for it.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::source::{self, TempDir};
+use super::{executor_over_core, Core, Evaluation, Kind, NIX_HELPERS};
+use crate::job::JobContext;
+use crate::{EvalRequest, JobError, NixOptions};
+
+/// Evaluates `<checkout>/<subdir>`'s `<system_attr>.toplevel` with `nix-instantiate`
+/// and builds it with `nix-store --realise`, rooting the `.drv` after evaluation and the
+/// output with the build.
+#[derive(Debug)]
+pub struct NixExecutor {
+    core: Core,
+}
+
+impl NixExecutor {
+    /// An executor running the `nix-instantiate` and `nix-store` of `options.bin_dir`
+    /// (or `PATH`) with `options`. Nothing runs until the builder asks for an
+    /// evaluation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use genbuild::{Builder, BuilderConfig, NixExecutor, NixOptions, Store};
+    ///
+    /// let mut options = NixOptions::default();
+    /// options.options.push(("max-jobs".into(), "2".into()));
+    /// let executor = Arc::new(NixExecutor::new(options));
+    ///
+    /// let mut config = BuilderConfig::new("host1", "/srv/infra");
+    /// config.system_attr = "machines.host1".into(); // evaluates machines.host1.toplevel
+    /// let builder = Builder::new(config, Arc::new(Store::new()), executor);
+    /// assert!(!builder.is_evaluating());
+    /// ```
+    pub fn new(options: NixOptions) -> NixExecutor {
+        NixExecutor { core: Core::new(Kind::Legacy, options) }
+    }
+}
+
+executor_over_core!(NixExecutor);
+
+fn expression() -> String {
+    format!(
+        r#"{{ path, hostname, systemAttr, machineIdPath }}:
+let {NIX_HELPERS}
+  imported = import path;
+  value = if builtins.isFunction imported
+    then imported (builtins.intersectAttrs (builtins.functionArgs imported) {{ inherit hostname; }})
+    else imported;
+  system = walk value (builtins.fromJSON systemAttr);
+in paths system.toplevel // {{ machineId = machineIdOf system (builtins.fromJSON machineIdPath); }}"#
+    )
+}
+
+/// The `nix-instantiate` evaluating a checkout of the commit, and the checkout.
+pub(super) fn evaluation(
+    core: &Core,
+    req: &EvalRequest,
+    subdir: &[&str],
+    ctx: &JobContext,
+) -> Result<Evaluation, JobError> {
+    let checkout = TempDir::new("checkout", None)?;
+    let tree = checkout.path().join("src");
+    check_out(&req.repository_path, &tree, &req.commit_id, req.submodules, ctx)?;
+    let path = source::resolve_in_checkout(&tree, subdir, &req.repository_subdir, &req.commit_id)?;
+    let mut command = core.command("nix-instantiate", ["--eval", "--strict", "--json", "--read-write-mode"]);
+    command.arg("--argstr").arg("path").arg(path);
+    Ok(Evaluation { command, last_args: vec!["--expr".into(), expression()], source: Some(checkout) })
+}
+
+/// `nix-store --realise DRV --add-root ROOT --indirect`: the output is rooted by the
+/// build itself.
+pub(super) fn build_command(core: &Core, drv_path: &str, root: &Path) -> Command {
+    let mut cmd = core.command("nix-store", ["--realise", drv_path, "--add-root"]);
+    cmd.arg(root).arg("--indirect");
+    cmd
+}
+
+/// Checks out `commit` of `repository` (and its submodules when asked) into `tree`.
+fn check_out(
+    repository: &Path,
+    tree: &Path,
+    commit: &str,
+    submodules: bool,
+    ctx: &JobContext,
+) -> Result<(), JobError> {
+    let mut clone = source::git();
+    clone.args(["clone", "--quiet", "--shared", "--no-checkout", "--"]).arg(repository).arg(tree);
+    ctx.run(clone)?;
+    let mut detach = source::git();
+    detach.arg("-C").arg(tree).args(["checkout", "-q", "--detach", commit]);
+    ctx.run(detach)?;
+    if submodules {
+        let mut update = source::git();
+        update.arg("-C").arg(tree).args(["-c", "protocol.file.allow=always"]);
+        update.args(["submodule", "--quiet", "update", "--init", "--recursive"]);
+        ctx.run(update)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! Nix's structured log (`--log-format internal-json`), read line by line: what to log,
+//! how far the build has come, and a clean error text when the command fails.
+//!
+//! Every Nix command of the executors (`nix-instantiate`, `nix-store`, `nix eval`,
+//! `nix build`; Nix 2.8 accepts the flag on all of them) prints its log on stderr as
+//! `@nix {json}` lines:
+//! * `start`/`stop` of activities, each with an id, a type and often a text: 104 the
+//!   builds of a command, 105 one build (`fields[0]`: its `.drv`), 103 copy-paths, 100
+//!   copy-path, 108 substitute, 110 post-build-hook (`fields[0]`: the `.drv`);
+//! * `result`s of an activity: 101 a build log line (`fields[0]`), attributed through
+//!   the activity to its derivation; 105 the progress `[done, expected, running,
+//!   failed]` of the builds activity; 106 set-expected and others, not shown;
+//! * `msg`: Nix's own messages, level 0 for errors (also `trace:` output), with
+//!   terminal colour codes in `msg` and `raw_msg` (the message without its `error:`
+//!   prefix and location).
+//!
+//! A line that is not `@nix` JSON (a builder writing to the terminal, git run by Nix,
+//! an older Nix) is logged as it is: no line is lost, and no raw JSON is shown. The
+//! parser is pure: [`NixLog::feed`] takes one stderr line and reports through a
+//! callback, [`NixLog::failure`] gives the error text.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+
+use crate::job::Progress;
+
+/// Activity types (Nix's `ActivityType`).
+const ACT_BUILDS: u64 = 104;
+const ACT_BUILD: u64 = 105;
+const ACT_POST_BUILD_HOOK: u64 = 110;
+/// Result types (Nix's `ResultType`).
+const RES_BUILD_LOG_LINE: u64 = 101;
+const RES_PROGRESS: u64 = 105;
+const RES_POST_BUILD_LOG_LINE: u64 = 107;
+/// Verbosity levels: errors, and up to which an activity's text is shown (Nix's own
+/// default verbosity).
+const LVL_ERROR: u64 = 0;
+const LVL_INFO: u64 = 3;
+
+/// Bound of the error messages, and of the log lines of failed builds, in a failure.
+const FAILURE_PART_BYTES: usize = 4096;
+/// Builds whose last lines are kept after they stopped (an error may name them later).
+const RECENTLY_STOPPED: usize = 16;
+/// Failed builds whose last lines go into a failure.
+const FAILED_SHOWN: usize = 4;
+
+/// What one line of Nix's log gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// A line to log; `drv_path` is the derivation whose builder printed it, `None`
+    /// for Nix's own messages and plain lines.
+    Line { drv_path: Option<&'a str>, text: &'a str },
+    /// The build's progress changed.
+    Progress(&'a Progress),
+}
+
+/// The state of one command's log.
+#[derive(Debug, Default)]
+pub(crate) struct NixLog {
+    activities: HashMap<u64, Activity>,
+    /// `[done, expected, running, failed]` of the latest builds activity.
+    counters: [u64; 4],
+    /// Builds running now: activity id and derivation, in start order.
+    building: Vec<(u64, String)>,
+    reported: Progress,
+    /// Last lines of running and recently stopped builds, by derivation.
+    tails: HashMap<String, Tail>,
+    stopped: VecDeque<String>,
+    errors: Vec<String>,
+    /// Derivations named by an error, with their last lines then.
+    failed: Vec<(String, String)>,
+    /// Last lines that were not `@nix` JSON.
+    plain: Tail,
+}
+
+#[derive(Debug)]
+struct Activity {
+    kind: u64,
+    drv_path: Option<String>,
+}
+
+impl NixLog {
+    pub(crate) fn new() -> NixLog {
+        NixLog::default()
+    }
+
+    /// Reads one stderr line of a Nix command, reporting what it gives to `emit`.
+    pub(crate) fn feed(&mut self, line: &str, emit: &mut dyn FnMut(Event<'_>)) {
+        let parsed = line.strip_prefix("@nix ").and_then(|json| serde_json::from_str::<Value>(json).ok());
+        let Some(value) = parsed.filter(Value::is_object) else {
+            self.plain.push(line);
+            emit(Event::Line { drv_path: None, text: line });
+            return;
+        };
+        let id = value["id"].as_u64().unwrap_or_default();
+        match value["action"].as_str() {
+            Some("start") => self.start(id, &value, emit),
+            Some("stop") => self.stop(id, emit),
+            Some("result") => self.result(id, &value, emit),
+            Some("msg") => self.msg(&value, emit),
+            // Actions of a later Nix: nothing a person needs.
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, id: u64, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
+        let kind = value["type"].as_u64().unwrap_or_default();
+        let drv_path = match kind {
+            ACT_BUILD | ACT_POST_BUILD_HOOK => value["fields"][0].as_str().map(str::to_string),
+            _ => None,
+        };
+        let text = value["text"].as_str().unwrap_or_default();
+        if !text.is_empty() && value["level"].as_u64().unwrap_or(LVL_INFO) <= LVL_INFO {
+            emit_lines(&strip_ansi(text), None, emit);
+        }
+        if let (ACT_BUILD, Some(drv)) = (kind, &drv_path) {
+            self.building.push((id, drv.clone()));
+            self.tails.entry(drv.clone()).or_default();
+            self.report(emit);
+        }
+        self.activities.insert(id, Activity { kind, drv_path });
+    }
+
+    fn stop(&mut self, id: u64, emit: &mut dyn FnMut(Event<'_>)) {
+        let Some(activity) = self.activities.remove(&id) else { return };
+        if let (ACT_BUILD, Some(drv)) = (activity.kind, activity.drv_path) {
+            self.building.retain(|(building, _)| *building != id);
+            self.stopped.push_back(drv);
+            while self.stopped.len() > RECENTLY_STOPPED {
+                if let Some(old) = self.stopped.pop_front() {
+                    if !self.building.iter().any(|(_, d)| *d == old) {
+                        self.tails.remove(&old);
+                    }
+                }
+            }
+            self.report(emit);
+        }
+    }
+
+    fn result(&mut self, id: u64, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
+        let Some(activity) = self.activities.get(&id) else { return };
+        match value["type"].as_u64() {
+            Some(RES_BUILD_LOG_LINE | RES_POST_BUILD_LOG_LINE) => {
+                let Some(text) = value["fields"][0].as_str() else { return };
+                let drv = activity.drv_path.as_deref();
+                if let Some(tail) = drv.and_then(|d| self.tails.get_mut(d)) {
+                    tail.push(text);
+                }
+                emit(Event::Line { drv_path: drv, text });
+            }
+            Some(RES_PROGRESS) if activity.kind == ACT_BUILDS => {
+                let field = |i: usize| value["fields"][i].as_u64().unwrap_or_default();
+                self.counters = [field(0), field(1), field(2), field(3)];
+                self.report(emit);
+            }
+            _ => {}
+        }
+    }
+
+    fn msg(&mut self, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
+        let shown = value["msg"].as_str().unwrap_or_default();
+        emit_lines(&strip_ansi(shown), None, emit);
+        if value["level"].as_u64() != Some(LVL_ERROR) {
+            return;
+        }
+        let raw = value["raw_msg"].as_str().unwrap_or(shown);
+        let text = strip_ansi(raw).trim().to_string();
+        if text.starts_with("trace: ") || text.starts_with("(use '--show-trace'") || text.is_empty() {
+            return;
+        }
+        for (drv, tail) in &self.tails {
+            if text.contains(drv.as_str()) && !self.failed.iter().any(|(d, _)| d == drv) {
+                self.failed.push((drv.clone(), tail.text()));
+            }
+        }
+        // The location of an error in a file (not in an `--expr`, whose "file" is the
+        // expression itself).
+        let location = match (value["file"].as_str(), value["line"].as_u64()) {
+            (Some(file), Some(line)) if file.starts_with('/') && !file.contains('\n') => {
+                format!(" (at {file}:{line}:{})", value["column"].as_u64().unwrap_or_default())
+            }
+            _ => String::new(),
+        };
+        self.errors.push(format!("{text}{location}"));
+    }
+
+    /// Reports the progress if it changed.
+    fn report(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
+        let [done, expected, running, failed] = self.counters;
+        let building = self.building.iter().map(|(_, drv)| drv.clone()).collect();
+        let progress = Progress { done, expected, running, failed, building };
+        if progress != self.reported {
+            self.reported = progress;
+            emit(Event::Progress(&self.reported));
+        }
+    }
+
+    /// The error text of a failed command, without escape codes, each part bounded:
+    /// the last lines that were not Nix's JSON (git run by Nix says why a fetch
+    /// failed), Nix's error messages, then the last log lines of each failed build.
+    pub(crate) fn failure(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.plain.lines.is_empty() {
+            parts.push(strip_ansi(&self.plain.text()).into_owned());
+        }
+        if !self.errors.is_empty() {
+            parts.push(head(&self.errors.join("\n"), FAILURE_PART_BYTES).to_string());
+        }
+        let failed = &self.failed[..self.failed.len().min(FAILED_SHOWN)];
+        for (drv, tail) in failed {
+            let tail = strip_ansi(tail);
+            let tail = last_lines(&tail, FAILURE_PART_BYTES / failed.len());
+            if !tail.is_empty() {
+                parts.push(format!("last log lines of {drv}:\n{tail}"));
+            }
+        }
+        parts.join("\n")
+    }
+}
+
+/// Emits each line of `text`.
+fn emit_lines(text: &str, drv_path: Option<&str>, emit: &mut dyn FnMut(Event<'_>)) {
+    for line in text.lines() {
+        emit(Event::Line { drv_path, text: line });
+    }
+}
+
+/// The last lines of a stream, at most [`FAILURE_PART_BYTES`].
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        let line = last_bytes(line, FAILURE_PART_BYTES);
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_string());
+        while self.bytes > FAILURE_PART_BYTES {
+            let Some(old) = self.lines.pop_front() else { break };
+            self.bytes -= old.len() + 1;
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// At most `max` bytes from the start of `s`, cut on a character boundary.
+fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most `max` bytes from the end of `s`, cut on a character boundary.
+fn last_bytes(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// At most `max` bytes from the end of `s`, whole lines when a line boundary is in it.
+fn last_lines(s: &str, max: usize) -> &str {
+    let tail = last_bytes(s, max);
+    if tail.len() == s.len() {
+        return tail;
+    }
+    match tail.find('\n') {
+        Some(i) if i + 1 < tail.len() => &tail[i + 1..],
+        _ => tail,
+    }
+}
+
+/// `text` without terminal escape sequences: CSI (`ESC [ … final`), OSC/DCS/SOS/PM/APC
+/// strings (ended by BEL or `ESC \`), and other two-character escapes.
+pub(crate) fn strip_ansi(text: &str) -> Cow<'_, str> {
+    if !text.contains('\x1b') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().copied() {
+            Some('[') => {
+                chars.next();
+                while chars.next_if(|c| ('\x30'..='\x3f').contains(c)).is_some() {}
+                while chars.next_if(|c| ('\x20'..='\x2f').contains(c)).is_some() {}
+                chars.next_if(|c| ('\x40'..='\x7e').contains(c));
+            }
+            Some(']' | 'P' | 'X' | '^' | '_') => {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            Some('\x20'..='\x2f') => {
+                while chars.next_if(|c| ('\x20'..='\x2f').contains(c)).is_some() {}
+                chars.next_if(|c| ('\x30'..='\x7e').contains(c));
+            }
+            Some('\x30'..='\x7e') => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The error of a failed command as the process layer words it ("`COMMAND` exited
+/// with status N:" and the raw tail of stderr), with the raw tail replaced by `clean`.
+pub(crate) fn with_clean_tail(text: &str, clean: &str) -> String {
+    // The raw tail starts after the first line that ends the command's description;
+    // a description never holds a raw `@nix ` line, the tail usually starts with one.
+    let raw_start = text.find("\n@nix ").map_or(text.len(), |i| i + 1);
+    let head_end = ["` exited with status ", "` killed by signal ", "` ended with "]
+        .iter()
+        .filter_map(|how| text[..raw_start].rfind(how))
+        .max()
+        .map(|at| text[at..].find('\n').map_or(text.len(), |n| at + n))
+        .unwrap_or(raw_start);
+    let head = text[..head_end].trim_end().trim_end_matches(':');
+    let clean = clean.trim();
+    if clean.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}:\n{clean}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

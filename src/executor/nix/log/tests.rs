@@ -1,0 +1,207 @@
+//! The parser against logs recorded from Nix 2.8 (tests/fixtures/nix-2.8, made by its
+//! record.sh) and against hand-made lines.
+
+use super::*;
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_str!(concat!("../../../../tests/fixtures/nix-2.8/", $name))
+    };
+}
+
+/// Everything a log gives, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    lines: Vec<(Option<String>, String)>,
+    progress: Vec<Progress>,
+}
+
+fn feed_all(log: &str) -> (NixLog, Seen) {
+    let mut parser = NixLog::new();
+    let mut seen = Seen::default();
+    for line in log.lines() {
+        parser.feed(line, &mut |event| match event {
+            Event::Line { drv_path, text } => {
+                seen.lines.push((drv_path.map(str::to_string), text.to_string()))
+            }
+            Event::Progress(p) => seen.progress.push(p.clone()),
+        });
+    }
+    (parser, seen)
+}
+
+fn no_raw_json_and_no_escapes_from_nix(seen: &Seen) {
+    for (drv, text) in &seen.lines {
+        assert!(!text.contains("@nix") && !text.contains("\"action\""), "raw JSON shown: {text}");
+        // Only a builder's own output may carry escape codes.
+        assert!(drv.is_some() || !text.contains('\x1b'), "escape codes in Nix's message: {text:?}");
+    }
+}
+
+fn line_of<'a>(seen: &'a Seen, text: &str) -> &'a (Option<String>, String) {
+    seen.lines
+        .iter()
+        .find(|(_, t)| t == text)
+        .unwrap_or_else(|| panic!("no line {text:?} in {:?}", seen.lines))
+}
+
+#[test]
+fn a_chain_reaches_done_equals_expected_with_lines_attributed() {
+    for log in [fixture!("realise-chain.stderr"), fixture!("build-chain.stderr")] {
+        let (parser, seen) = feed_all(log);
+        let last = seen.progress.last().expect("progress");
+        assert_eq!((last.done, last.expected, last.running, last.failed), (3, 3, 0, 0), "{last:?}");
+        assert!(last.building.is_empty(), "{last:?}");
+        for name in ["a", "b", "c"] {
+            let building = seen
+                .progress
+                .iter()
+                .find(|p| p.building.len() == 1 && p.building[0].ends_with(&format!("-chain-{name}.drv")));
+            assert!(building.is_some(), "{name} never shown building: {:?}", seen.progress);
+            let (drv, _) = line_of(&seen, &format!("building {name}"));
+            assert!(drv.as_deref().is_some_and(|d| d.ends_with(&format!("-chain-{name}.drv"))), "{drv:?}");
+        }
+        let (drv, _) = line_of(&seen, "second line of a");
+        assert!(drv.as_deref().is_some_and(|d| d.ends_with("-chain-a.drv")));
+        // Progress is reported when it changes, not for each of Nix's repeats.
+        assert!(seen.progress.windows(2).all(|w| w[0] != w[1]));
+        assert!(seen.progress.len() < 20, "{}", seen.progress.len());
+        no_raw_json_and_no_escapes_from_nix(&seen);
+        assert_eq!(parser.failure(), "", "a success has no error");
+    }
+    let (_, seen) = feed_all(fixture!("realise-chain.stderr"));
+    let (drv, _) = line_of(&seen, "these 3 derivations will be built:");
+    assert_eq!(drv, &None, "Nix's own messages belong to no derivation");
+}
+
+#[test]
+fn a_failed_build_names_the_derivation_with_its_last_lines() {
+    for log in [fixture!("realise-fail.stderr"), fixture!("build-fail.stderr")] {
+        let (parser, seen) = feed_all(log);
+        assert!(seen.progress.iter().any(|p| p.failed >= 1), "{:?}", seen.progress);
+        let failure = parser.failure();
+        let drv = seen
+            .lines
+            .iter()
+            .find(|(_, t)| t == "b is failing")
+            .and_then(|(d, _)| d.clone())
+            .expect("the failing line is attributed");
+        assert!(drv.ends_with("-chain-b.drv"));
+        assert!(failure.starts_with(&format!("builder for '{drv}' failed with exit code 3\n")), "{failure}");
+        assert!(
+            failure.contains("dependencies of derivation '")
+                && failure.contains("-chain-c.drv' failed to build")
+        );
+        let tail = format!("last log lines of {drv}:\nbuilding b\ncoloured by the builder\nb is failing");
+        assert!(failure.ends_with(&tail), "{failure}");
+        assert!(!failure.contains('\x1b') && !failure.contains("@nix"), "{failure:?}");
+        assert!(!failure.contains("chain-a.drv"), "a built fine: {failure}");
+        // The builder's colours reach the log as it printed them; Nix's are stripped.
+        let (_, coloured) = line_of(&seen, "\x1b[31mcoloured by the builder\x1b[0m");
+        assert!(coloured.contains('\x1b'));
+        let error = format!("error: builder for '{drv}' failed with exit code 3");
+        assert_eq!(line_of(&seen, &error).0, None);
+        no_raw_json_and_no_escapes_from_nix(&seen);
+    }
+}
+
+#[test]
+fn evaluation_errors_are_nix_messages_without_traces() {
+    let (parser, seen) = feed_all(fixture!("instantiate-eval-error.stderr"));
+    let failure = parser.failure();
+    assert!(failure.starts_with("cannot convert a function to JSON (at /tmp/"), "{failure}");
+    assert!(failure.ends_with("/eval.nix:1:64)"), "{failure}");
+    assert!(!failure.contains("trace") && !failure.contains('\n'), "{failure}");
+    line_of(&seen, "trace: a trace, not an error");
+    line_of(&seen, "error: cannot convert a function to JSON");
+    no_raw_json_and_no_escapes_from_nix(&seen);
+
+    // In an `--expr`, Nix's "file" is the expression: no location then.
+    let (parser, seen) = feed_all(fixture!("eval-missing-attr.stderr"));
+    assert_eq!(parser.failure(), "attribute 'b' missing");
+    line_of(&seen, "       Did you mean a?");
+    no_raw_json_and_no_escapes_from_nix(&seen);
+}
+
+#[test]
+fn plain_lines_pass_through_and_lead_the_failure() {
+    let log = "fatal: couldn't find remote ref refs/heads/master\n\
+               @nix {not json\n\
+               @nix [1,2]\n\
+               @nix {\"action\":\"later-action\",\"id\":1}\n\
+               @nix {\"action\":\"result\",\"id\":99,\"type\":101,\"fields\":[\"unknown activity\"]}\n\
+               \x1b[1mbold plain\x1b[0m\n\
+               @nix {\"action\":\"msg\",\"level\":0,\"msg\":\"error: program 'git' failed\",\"raw_msg\":\"program 'git' failed\"}";
+    let (parser, seen) = feed_all(log);
+    let texts: Vec<&str> = seen.lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "fatal: couldn't find remote ref refs/heads/master",
+            "@nix {not json",
+            "@nix [1,2]",
+            "\x1b[1mbold plain\x1b[0m",
+            "error: program 'git' failed",
+        ]
+    );
+    assert_eq!(
+        parser.failure(),
+        "fatal: couldn't find remote ref refs/heads/master\n@nix {not json\n@nix [1,2]\nbold plain\n\
+         program 'git' failed"
+    );
+}
+
+#[test]
+fn huge_lines_are_bounded_on_character_boundaries() {
+    let start = r#"@nix {"action":"start","id":7,"level":3,"text":"building '/nix/store/x-big.drv'","type":105,"fields":["/nix/store/x-big.drv","",1,1]}"#;
+    let huge = "é".repeat(200_000) + "END";
+    let line = serde_json::json!({"action":"result","id":7,"type":101,"fields":[huge]});
+    let msg = serde_json::json!({"action":"msg","level":0,"msg":"x","raw_msg": format!("builder for '/nix/store/x-big.drv' failed {}", "ü".repeat(10_000))});
+    let log = format!("{start}\n@nix {line}\n@nix {msg}");
+    let (parser, seen) = feed_all(&log);
+    assert_eq!(
+        seen.lines.iter().find(|(d, _)| d.is_some()).unwrap().1.len(),
+        400_003,
+        "the log line is whole"
+    );
+    let failure = parser.failure();
+    assert!(failure.len() <= 2 * FAILURE_PART_BYTES + 100, "{}", failure.len());
+    assert!(failure.contains("last log lines of /nix/store/x-big.drv:\n"));
+    assert!(failure.ends_with("éEND"));
+}
+
+#[test]
+fn escape_sequences_are_stripped() {
+    for (input, expected) in [
+        ("plain", "plain"),
+        ("\x1b[31;1merror:\x1b[0m x", "error: x"),
+        ("a\x1b[2Kb\x1b[?25lc", "abc"),
+        ("\x1b]8;;http://x\x07link\x1b]8;;\x1b\\ end", "link end"),
+        ("\x1b]0;title\x1b\\t", "t"),
+        ("\x1bPdcs\x1b\\x", "x"),
+        ("a\x1b(Bb\x1b7c\x1b=d", "abcd"),
+        ("cut\x1b[31", "cut"),
+        ("lone\x1b", "lone"),
+        ("ü\x1b[1mé", "üé"),
+    ] {
+        assert_eq!(strip_ansi(input), expected, "{input:?}");
+    }
+}
+
+#[test]
+fn the_raw_tail_of_a_failure_is_replaced() {
+    let text =
+        "`nix-store --log-format internal-json --realise '/nix/store/x.drv'` exited with status 100:\n\
+                @nix {\"action\":\"msg\"}\n@nix {}";
+    assert_eq!(
+        with_clean_tail(text, "builder failed\nlast lines"),
+        "`nix-store --log-format internal-json --realise '/nix/store/x.drv'` exited with status 100:\nbuilder failed\nlast lines"
+    );
+    // A description spanning lines, a plain line before the JSON, no clean text.
+    let text = "`nix eval --expr '{ f = x:\nx; }'` killed by signal 9:\nfatal: x\n@nix {}";
+    assert_eq!(
+        with_clean_tail(text, "fatal: x"),
+        "`nix eval --expr '{ f = x:\nx; }'` killed by signal 9:\nfatal: x"
+    );
+    assert_eq!(with_clean_tail("`nix` exited with status 1", ""), "`nix` exited with status 1");
+}
