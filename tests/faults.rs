@@ -29,7 +29,7 @@ use genbuild::{Builder, NixExecutor, WaitStrategy};
 use rustix::process::{Pid, Signal};
 
 /// Bound of the waits of the Nix test (an evaluation and a build take well under it).
-const NIX_HANG: Duration = common::nix::HANG;
+const NIX_HANG: Duration = common::nix::NIX_HANG;
 
 /// Waits until a log line containing `text` arrives on `events`.
 fn wait_for_log(events: &Receiver<Event>, text: &str, bound: Duration) {

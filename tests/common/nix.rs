@@ -1,6 +1,7 @@
-//! Helpers of the real-Nix tests: temporary git repositories holding tiny systems
-//! (no nixpkgs, no network), the Nix settings a fresh single-user root install needs,
-//! a builder harness, and the check that no process of a test is left.
+//! Helpers of the real-Nix tests: the two executor kinds as a table, temporary git
+//! repositories holding tiny systems (no nixpkgs, no network), the Nix settings a fresh
+//! single-user root install needs, and a builder harness. The helpers every test shares
+//! (`nonce`, `rs`, `HANG`, process checks) are the parent module's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-#[allow(unused_imports)] // not every test binary uses both
-pub use super::{assert_no_process, processes_with};
-use genbuild::{proto, Builder, BuilderConfig, Executor, NixOptions, Store};
+use super::HANG;
+#[allow(unused_imports)] // not every test binary uses all of them
+pub use super::{assert_no_process, nonce, processes_with, rs};
+use genbuild::{proto, Builder, BuilderConfig, Executor, FlakeExecutor, NixExecutor, NixOptions, Store};
 
-/// Bound on waits that only guard against hangs (Nix evaluations are fast here).
-pub const HANG: Duration = Duration::from_secs(120);
+/// Bound on waits for Nix (slower than the shell scripts [`HANG`] is made for).
+pub const NIX_HANG: Duration = Duration::from_secs(HANG.as_secs() * 6);
 
 /// Whether Nix can be used. Without it a test fails under `CI=true` and is skipped
 /// (with a message) otherwise.
@@ -30,11 +32,6 @@ pub fn nix_or_skip() -> bool {
     found
 }
 
-/// Digits only, so that `sleep 300.NONCE` carries it into the sleeper's command line.
-pub fn nonce() -> String {
-    format!("{:018}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000_000_000_000)
-}
-
 /// A builder script that says it started, then sleeps 300 s (both processes carry `nonce`).
 pub fn sleeper(nonce: &str) -> String {
     format!("echo started {nonce}; /bin/sleep 300.{nonce}; echo > $out")
@@ -45,11 +42,119 @@ pub fn system() -> String {
     format!("{}-linux", std::env::consts::ARCH)
 }
 
-/// A derivation (Nix source) whose builder runs `script` and carries `nonce`.
+/// A derivation (Nix source) whose builder runs `script` and carries `nonce`; `system`
+/// is Nix source too.
 pub fn drv(name: &str, nonce: &str, script: &str, system: &str) -> String {
     format!(
         r#"derivation {{ name = "{name}"; system = {system}; builder = "/bin/sh"; nonce = "{nonce}"; args = [ "-c" {script:?} ]; }}"#
     )
+}
+
+/// `s` as a Nix string literal.
+pub fn nix_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace("${", "\\${"))
+}
+
+/// The two executors, for tests driven over both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Legacy,
+    Flake,
+}
+
+pub const KINDS: [Kind; 2] = [Kind::Legacy, Kind::Flake];
+
+impl Kind {
+    pub fn executor(self, options: NixOptions) -> Arc<dyn Executor> {
+        match self {
+            Kind::Legacy => Arc::new(NixExecutor::new(options)),
+            Kind::Flake => Arc::new(FlakeExecutor::new(options)),
+        }
+    }
+
+    /// The file holding the expression.
+    pub fn file(self) -> &'static str {
+        match self {
+            Kind::Legacy => "default.nix",
+            Kind::Flake => "flake.nix",
+        }
+    }
+
+    pub fn system_attr(self) -> &'static str {
+        match self {
+            Kind::Legacy => "system",
+            Kind::Flake => "nixosConfigurations",
+        }
+    }
+
+    /// The program that evaluates, as error messages name it.
+    pub fn evaluator(self) -> &'static str {
+        match self {
+            Kind::Legacy => "nix-instantiate",
+            Kind::Flake => "nix",
+        }
+    }
+
+    /// The program that builds, as error messages name it.
+    pub fn building_program(self) -> &'static str {
+        match self {
+            Kind::Legacy => "nix-store",
+            Kind::Flake => "nix",
+        }
+    }
+
+    /// `system` in Nix source: flakes evaluate purely, without `currentSystem`.
+    pub fn current_system(self) -> String {
+        match self {
+            Kind::Legacy => "builtins.currentSystem".into(),
+            Kind::Flake => format!("{:?}", system()),
+        }
+    }
+
+    /// The expression file of a system for `hostname` whose toplevel is `toplevel`
+    /// (Nix source; `let` bindings in `lets`), with `machine_id` (Nix source) if any.
+    pub fn expression_with(
+        self,
+        hostname: &str,
+        lets: &str,
+        toplevel: &str,
+        machine_id: Option<&str>,
+    ) -> String {
+        let id = machine_id.map(|id| format!("config.services.comin.machineId = {id};")).unwrap_or_default();
+        match self {
+            // A function of its hostname, like a real legacy configuration may be.
+            Kind::Legacy => format!(
+                "{{ hostname }}: let {lets} in assert hostname == {}; {{ system = {{ toplevel = {toplevel}; {id} }}; }}",
+                nix_str(hostname)
+            ),
+            Kind::Flake => format!(
+                "{{ outputs = {{ self }}: let {lets} in {{ nixosConfigurations.{} = {{ config.system.build.toplevel = {toplevel}; {id} }}; }}; }}",
+                nix_str(hostname)
+            ),
+        }
+    }
+
+    /// The expression file of a system for `hostname` whose toplevel runs `script`.
+    pub fn expression(self, hostname: &str, nonce: &str, script: &str, machine_id: Option<&str>) -> String {
+        let toplevel = drv("sys", nonce, script, &self.current_system());
+        self.expression_with(hostname, "", &toplevel, machine_id.map(nix_str).as_deref())
+    }
+
+    /// Settings this kind needs besides [`Env::options`]: Nix fetches a flake's
+    /// submodules itself, and git >= 2.38.1 refuses local-path submodules unless told
+    /// otherwise (the legacy executor tells its own git).
+    pub fn submodule_env(self) -> Vec<(String, String)> {
+        match self {
+            Kind::Legacy => Vec::new(),
+            Kind::Flake => [
+                ("GIT_CONFIG_COUNT", "1"),
+                ("GIT_CONFIG_KEY_0", "protocol.file.allow"),
+                ("GIT_CONFIG_VALUE_0", "always"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        }
+    }
 }
 
 /// What a fresh single-user root install of Debian's nix-bin needs, passed as
@@ -68,11 +173,10 @@ impl Env {
     }
 
     pub fn options(&self) -> NixOptions {
-        NixOptions {
-            options: SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            gc_root_dir: self.roots.path().join("roots"),
-            ..NixOptions::default()
-        }
+        let mut options = NixOptions::default();
+        options.options = SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        options.gc_root_dir = self.root_dir();
+        options
     }
 
     pub fn with(&self, name: &str, value: &str) -> NixOptions {
@@ -81,20 +185,34 @@ impl Env {
         options
     }
 
-    pub fn roots(&self) -> Vec<String> {
-        let dir = self.roots.path().join("roots");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
+    /// `NixOptions::gc_root_dir`.
+    pub fn root_dir(&self) -> PathBuf {
+        self.roots.path().join("roots")
     }
+
+    /// The owners' directories in the root dir.
+    pub fn owners(&self) -> Vec<String> {
+        names_in(&self.root_dir())
+    }
+
+    /// The roots `store`'s builder keeps.
+    pub fn roots_of(&self, store: &Store) -> Vec<String> {
+        names_in(&self.root_dir().join(store.id())).into_iter().filter(|n| n != ".lock").collect()
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 impl Drop for Env {
     /// Our `auto/` links would dangle once the temp dir is gone.
     fn drop(&mut self) {
-        let dir = self.roots.path().join("roots");
+        let dir = self.root_dir();
         let Ok(entries) = std::fs::read_dir("/nix/var/nix/gcroots/auto") else { return };
         for entry in entries.flatten() {
             if std::fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(&dir)) {
@@ -107,17 +225,26 @@ impl Drop for Env {
 /// A temporary git repository.
 pub struct Repo {
     pub dir: tempfile::TempDir,
+    path: PathBuf,
 }
 
 impl Repo {
     pub fn new() -> Repo {
-        let repo = Repo { dir: tempfile::tempdir().expect("temp dir") };
-        repo.git(&["init", "-q", "-b", "main"]);
+        Repo::named("repo", "main")
+    }
+
+    /// A repository at `<temp>/<name>` whose first branch is `branch`.
+    pub fn named(name: &str, branch: &str) -> Repo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).expect("repository dir");
+        let repo = Repo { dir, path };
+        repo.git(&["init", "-q", "-b", branch]);
         repo
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     pub fn write(&self, file: &str, content: &str) -> &Self {
@@ -147,10 +274,6 @@ impl Repo {
     }
 }
 
-pub fn rs(commit: &str) -> proto::RepositoryStatus {
-    proto::RepositoryStatus { selected_commit_id: commit.into(), ..Default::default() }
-}
-
 /// A builder over `executor` with its channels.
 pub struct Harness {
     pub builder: Builder,
@@ -161,9 +284,12 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn new(config: BuilderConfig, executor: impl Executor) -> Harness {
-        let store = Arc::new(Store::new());
-        let builder = Builder::new(config, store.clone(), Arc::new(executor));
+    pub fn new(config: BuilderConfig, executor: Arc<dyn Executor>) -> Harness {
+        Harness::with_store(config, Arc::new(Store::new()), executor)
+    }
+
+    pub fn with_store(config: BuilderConfig, store: Arc<Store>, executor: Arc<dyn Executor>) -> Harness {
+        let builder = Builder::new(config, store.clone(), executor);
         Harness {
             evaluated: builder.evaluation_done(),
             built: builder.build_done(),
@@ -173,17 +299,22 @@ impl Harness {
         }
     }
 
+    /// A builder for `kind` over `repo` with `env`'s options.
+    pub fn of(kind: Kind, env: &Env, repo: &Repo, hostname: &str) -> Harness {
+        Harness::new(nix_config(hostname, repo.path(), kind.system_attr()), kind.executor(env.options()))
+    }
+
     /// Evaluates `commit` and waits for `evaluation_done`.
     pub fn eval(&self, commit: &str) -> proto::Generation {
         let uuid = self.builder.eval(&rs(commit)).expect("eval");
-        assert_eq!(self.evaluated.recv_timeout(HANG).expect("evaluation_done"), uuid);
+        assert_eq!(self.evaluated.recv_timeout(NIX_HANG).expect("evaluation_done"), uuid);
         self.generation(&uuid)
     }
 
     /// Submits the build of `uuid` and waits for `build_done`.
     pub fn build(&self, uuid: &str) -> proto::Generation {
         self.builder.submit_build(uuid).expect("submit_build");
-        assert_eq!(self.built.recv_timeout(HANG).expect("build_done"), uuid);
+        assert_eq!(self.built.recv_timeout(NIX_HANG).expect("build_done"), uuid);
         self.generation(uuid)
     }
 
@@ -193,7 +324,7 @@ impl Harness {
 
     /// Waits for a log line containing `text`.
     pub fn wait_for_log(&self, text: &str) {
-        let deadline = std::time::Instant::now() + HANG;
+        let deadline = std::time::Instant::now() + NIX_HANG;
         loop {
             let event =
                 self.events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
@@ -205,16 +336,13 @@ impl Harness {
         }
     }
 
-    /// Every log line received so far.
+    /// Every log line received so far, as text.
     pub fn logs(&self) -> String {
-        self.events
-            .try_iter()
-            .filter_map(|e| match e.kind {
-                Some(proto::event::Kind::LogLine(l)) => Some(l.line),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let lines = self.events.try_iter().filter_map(|e| match e.kind {
+            Some(proto::event::Kind::LogLine(l)) => Some(l.line),
+            _ => None,
+        });
+        lines.collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -228,32 +356,29 @@ pub fn build_rooted_then_already_built(
     g: &proto::Generation,
 ) -> String {
     let drv_root = g.drv_path.rsplit('/').next().unwrap().to_string();
-    assert_eq!(env.roots(), vec![drv_root.clone()]);
+    assert_eq!(env.roots_of(&h.store), vec![drv_root.clone()]);
 
     let g = h.build(&g.uuid);
     assert_eq!(g.build_status, "built", "{}", g.build_err);
     assert!(valid(&g.out_path));
-    assert_eq!(env.roots(), vec![drv_root.clone(), format!("{drv_root}.out")]);
+    assert_eq!(env.roots_of(&h.store), vec![drv_root.clone(), format!("{drv_root}.out")]);
 
     let uuid = h.builder.eval(&rs(commit)).unwrap();
-    assert_eq!(h.built.recv_timeout(HANG).unwrap(), uuid);
+    assert_eq!(h.built.recv_timeout(NIX_HANG).unwrap(), uuid);
     assert_eq!(h.generation(&uuid).build_reason, genbuild::BUILD_REASON_ALREADY_BUILT);
     drv_root
 }
 
-pub fn config(hostname: &str, repo: &Path, system_attr: &str) -> BuilderConfig {
+/// A builder configuration for the Nix tests.
+pub fn nix_config(hostname: &str, repo: &Path, system_attr: &str) -> BuilderConfig {
     let mut config = BuilderConfig::new(hostname, repo);
     config.system_attr = system_attr.into();
-    config.eval_timeout = HANG;
-    config.build_timeout = HANG;
+    config.eval_timeout = NIX_HANG;
+    config.build_timeout = NIX_HANG;
     config
 }
 
 /// Whether the store holds `path` (asked of Nix, like the executors do).
 pub fn valid(path: &str) -> bool {
     Command::new("nix-store").args(["--check-validity", path]).output().is_ok_and(|o| o.status.success())
-}
-
-pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
 }
