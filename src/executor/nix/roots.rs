@@ -198,7 +198,9 @@ impl Roots {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(SWEPT_PREFIX) || name == except || !entry.path().is_dir() {
+            // A real directory only: a link named like an owner is not followed.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !name.starts_with(SWEPT_PREFIX) || name == except || !is_dir {
                 continue;
             }
             let dir = entry.path();
@@ -351,6 +353,14 @@ mod tests {
         assert_eq!(auto("memory-a"), 0);
         assert!(dir.join("file-b").join("b-x.drv").is_symlink());
         assert!(dir.join("memory-b").exists(), "B still holds its directory");
+
+        // A link named like an owner is not followed into its target.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink("/nix/store/e-x.drv", elsewhere.join("e-x.drv")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("memory-link")).unwrap();
+        c.release_unused("memory-c", &[]);
+        assert!(elsewhere.join("e-x.drv").is_symlink());
 
         // Removed behind the executor's back, the directory is made and locked again.
         std::fs::remove_dir_all(dir.join("memory-b")).unwrap();
