@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::nix::*;
@@ -53,7 +54,7 @@ impl Case {
             Front::Flake => ("nixosConfigurations", format!("{:?}", system())),
         };
         let toplevel = drv("remote", nonce, script, &system);
-        let mut cfg = config("h", repo.path(), attr);
+        let mut cfg = nix_config("h", repo.path(), attr);
         cfg.build_timeout = Duration::from_secs(600);
         if let Some(grace) = self.kill_grace {
             cfg.process.kill_grace = grace;
@@ -61,12 +62,12 @@ impl Case {
         match self.front {
             Front::Legacy => {
                 repo.write("default.nix", &format!("{{ system = {{ toplevel = {toplevel}; }}; }}"));
-                Harness::new(cfg, NixExecutor::new(options))
+                Harness::new(cfg, Arc::new(NixExecutor::new(options)))
             }
             Front::Flake => {
                 let outputs = format!("nixosConfigurations.h.config.system.build.toplevel = {toplevel};");
                 repo.write("flake.nix", &format!("{{ outputs = {{ self }}: {{ {outputs} }}; }}"));
-                Harness::new(cfg, FlakeExecutor::new(options))
+                Harness::new(cfg, Arc::new(FlakeExecutor::new(options)))
             }
         }
     }
@@ -141,7 +142,7 @@ fn stop_during_a_remote_build_leaves_no_process(case: Case, remote: &Remote) {
         describe(&remote_left)
     );
     assert!(stop_latency < Duration::from_secs(10), "{case:?}: stop() took {stop_latency:?}");
-    assert_eq!(h.built.recv_timeout(HANG).unwrap(), g.uuid);
+    assert_eq!(h.built.recv_timeout(NIX_HANG).unwrap(), g.uuid);
     assert_eq!(h.generation(&g.uuid).build_err, "cancelled: stopped");
     assert!(!remote.holds(&g.out_path) && !valid(&g.out_path), "{case:?}: the stopped build finished");
     assert_no_process(&n);
