@@ -13,7 +13,9 @@
 //! [`reuse_legacy_evaluations`](super::NixOptions::reuse_legacy_evaluations)).
 //!
 //! The key is a SHA-256 digest: it names the inputs without holding them (an
-//! environment variable may carry a secret, and the key is persisted).
+//! environment variable may carry a secret, and the key is persisted). Computing it
+//! reads the file system (the repository's and the binary's canonical paths) and, the
+//! first time for an executor that has not run Nix yet, runs `nix --version`.
 
 use std::path::{Path, PathBuf};
 

@@ -39,8 +39,9 @@ const RES_POST_BUILD_LOG_LINE: u64 = 107;
 const LVL_ERROR: u64 = 0;
 const LVL_INFO: u64 = 3;
 
-/// Bound of the error messages, and of the log lines of failed builds, in a failure.
-const FAILURE_PART_BYTES: usize = 4096;
+/// Bound of a failure's text (besides the failed builds' names): Nix's error messages
+/// take at most half, plain lines a quarter, the failed builds' last lines the rest.
+const FAILURE_BYTES: usize = 4096;
 /// Builds whose last lines are kept after they stopped (an error may name them later).
 const RECENTLY_STOPPED: usize = 16;
 /// Failed builds whose last lines go into a failure.
@@ -197,21 +198,22 @@ impl NixLog {
         }
     }
 
-    /// The error text of a failed command, without escape codes, each part bounded:
-    /// the last lines that were not Nix's JSON (git run by Nix says why a fetch
-    /// failed), Nix's error messages, then the last log lines of each failed build.
+    /// The error text of a failed command, without escape codes, bounded by
+    /// [`FAILURE_BYTES`]: the last lines that were not Nix's JSON (git run by Nix says
+    /// why a fetch failed), Nix's error messages, then the last log lines of each
+    /// failed build.
     pub(crate) fn failure(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.plain.lines.is_empty() {
-            parts.push(strip_ansi(&self.plain.text()).into_owned());
-        }
-        if !self.errors.is_empty() {
-            parts.push(head(&self.errors.join("\n"), FAILURE_PART_BYTES).to_string());
-        }
+        let plain = strip_ansi(&self.plain.text()).into_owned();
+        let plain = last_lines(&plain, FAILURE_BYTES / 4);
+        let errors = self.errors.join("\n");
+        let errors = head(&errors, FAILURE_BYTES / 2);
+        let mut parts: Vec<String> =
+            [plain, errors].into_iter().filter(|p| !p.is_empty()).map(str::to_string).collect();
         let failed = &self.failed[..self.failed.len().min(FAILED_SHOWN)];
+        let budget = FAILURE_BYTES - plain.len() - errors.len();
         for (drv, tail) in failed {
             let tail = strip_ansi(tail);
-            let tail = last_lines(&tail, FAILURE_PART_BYTES / failed.len());
+            let tail = last_lines(&tail, budget / failed.len());
             if !tail.is_empty() {
                 parts.push(format!("last log lines of {drv}:\n{tail}"));
             }
@@ -227,7 +229,7 @@ fn emit_lines(text: &str, drv_path: Option<&str>, emit: &mut dyn FnMut(Event<'_>
     }
 }
 
-/// The last lines of a stream, at most [`FAILURE_PART_BYTES`].
+/// The last lines of a stream, at most [`FAILURE_BYTES`].
 #[derive(Debug, Default)]
 struct Tail {
     lines: VecDeque<String>,
@@ -236,10 +238,10 @@ struct Tail {
 
 impl Tail {
     fn push(&mut self, line: &str) {
-        let line = last_bytes(line, FAILURE_PART_BYTES);
+        let line = last_bytes(line, FAILURE_BYTES);
         self.bytes += line.len() + 1;
         self.lines.push_back(line.to_string());
-        while self.bytes > FAILURE_PART_BYTES {
+        while self.bytes > FAILURE_BYTES {
             let Some(old) = self.lines.pop_front() else { break };
             self.bytes -= old.len() + 1;
         }
