@@ -200,7 +200,7 @@ static void put_string(uint8_t *buf, size_t *len, uint32_t number, const char *s
 
 /* ---- events ---- */
 
-enum { EVAL_STARTED = 1, EVAL_FINISHED = 2, BUILD_STARTED = 3, BUILD_FINISHED = 4, LOG_LINE = 16 };
+enum { EVAL_STARTED = 1, EVAL_FINISHED = 2, BUILD_STARTED = 3, BUILD_FINISHED = 4, LOG_LINE = 16, BUILD_PROGRESS = 17 };
 
 static const char *kind_name(int kind) {
   switch (kind) {
@@ -209,6 +209,7 @@ static const char *kind_name(int kind) {
   case BUILD_STARTED: return "BuildStarted";
   case BUILD_FINISHED: return "BuildFinished";
   case LOG_LINE: return "LogLine";
+  case BUILD_PROGRESS: return "BuildProgress";
   default: return "?";
   }
 }
@@ -232,7 +233,7 @@ static int g_log_lines;
 static void decode_event(genbuild_buffer buf, event *ev) {
   slice msg = {buf.data, buf.len};
   memset(ev, 0, sizeof *ev);
-  const int kinds[] = {EVAL_STARTED, EVAL_FINISHED, BUILD_STARTED, BUILD_FINISHED, LOG_LINE};
+  const int kinds[] = {EVAL_STARTED, EVAL_FINISHED, BUILD_STARTED, BUILD_FINISHED, LOG_LINE, BUILD_PROGRESS};
   slice inner = {NULL, 0};
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
     if (pb_field(msg, (uint32_t)kinds[i], &inner, NULL)) {
@@ -244,6 +245,10 @@ static void decode_event(genbuild_buffer buf, event *ev) {
   if (ev->kind == LOG_LINE) {
     snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(inner, 1));
     snprintf(ev->line, sizeof ev->line, "%s", pb_string(inner, 4));
+    return;
+  }
+  if (ev->kind == BUILD_PROGRESS) {
+    snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(inner, 1));
     return;
   }
   slice g = pb_message(inner, 1);
@@ -276,6 +281,9 @@ static void wait_event(int kind, const char *uuid, const char *until_line, event
       if (until_line != NULL && strstr(ev->line, until_line) != NULL) {
         return;
       }
+      continue;
+    }
+    if (ev->kind == BUILD_PROGRESS) {
       continue;
     }
     printf("     event %s %.8s eval=%s build=%s%s%s%s%s\n", kind_name(ev->kind), ev->uuid,
