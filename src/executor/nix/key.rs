@@ -12,20 +12,22 @@
 //! commit (hence the opt-in of
 //! [`reuse_legacy_evaluations`](super::NixOptions::reuse_legacy_evaluations)).
 //!
-//! The key is a SHA-256 digest: it names the inputs without holding them (an
-//! environment variable may carry a secret, and the key is persisted). Computing it
+//! The key is a name-based (SHA-1) UUID of those inputs: it names them without holding
+//! them (an environment variable may carry a secret, and the key is persisted), with
+//! the uuid crate genbuild already uses. Computing it
 //! reads the file system (the repository's and the binary's canonical paths) and, the
 //! first time for an executor that has not run Nix yet, runs `nix --version`.
 
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::{request, Core, Kind, NixOptions, NixVersion};
 use crate::EvalRequest;
 
 /// Bumped whenever what goes into the key changes, so old keys never match.
 const FORMAT: &str = "genbuild-eval-key-1";
+
+/// The namespace of the keys' name-based UUIDs (a random UUID, fixed for ever).
+const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5f0d_6c1e_8a3b_4e27_9b52_7c4d_e1a0_3f68);
 
 /// The key of `req` evaluated by `core`, `None` when an input cannot be pinned down
 /// (the repository or Nix cannot be found, the request is invalid).
@@ -101,8 +103,7 @@ fn key(kind: Kind, req: &EvalRequest, repository: &Path, nix: &Nix<'_>) -> Optio
         "program": nix.program.to_str()?,
         "version": nix.version.to_string(),
     });
-    let digest = Sha256::digest(inputs.to_string().as_bytes());
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Some(uuid::Uuid::new_v5(&KEY_NAMESPACE, inputs.to_string().as_bytes()).simple().to_string())
 }
 
 #[cfg(test)]
@@ -137,7 +138,7 @@ mod tests {
     fn every_input_changes_the_key() {
         let options = NixOptions::default();
         let base = key_of(Kind::Flake, &req(), "/srv/r", &nix(&options));
-        assert_eq!(base.len(), 64);
+        assert_eq!(base.len(), 32);
         assert_eq!(base, key_of(Kind::Flake, &req(), "/srv/r", &nix(&options)), "the key is stable");
 
         let mut changed: Vec<(&str, String)> = Vec::new();
