@@ -15,7 +15,6 @@
 mod builder;
 mod error;
 pub mod executor;
-pub mod ffi;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod job;
