@@ -1,19 +1,26 @@
 /*
  * The C ABI against real Nix: every entry point, its errors, and a full
- * eval -> build -> suspend -> resume -> stop cycle on a temporary git repository.
+ * eval -> build -> suspend -> resume -> stop cycle on a temporary git repository,
+ * then two threads stopping at once a build that ignores SIGTERM while a third waits
+ * in genbuild_next_event.
  *
- * Run by `cargo test --test ffi` (tests/ffi.rs), which compiles it with
- * -Wall -Wextra -Werror, and under valgrind by tests/ffi/valgrind.sh.
+ * Run by `cargo test -p genbuild-ffi --test c` (ffi/tests/c.rs), which compiles it
+ * with -Wall -Wextra -Werror, and under valgrind by ffi/tests/c/valgrind.sh.
  *
  * usage: genbuild_test NONCE
- * NONCE (digits) goes into the derivations, so that the caller can look for a
- * leftover process carrying it. Exit status 0 when every check passed.
+ * NONCE (digits) goes into the derivations, whose builders sleep as `sleep 300.NONCE`;
+ * the program looks for processes carrying that in /proc after every stop (the
+ * bare nonce is also in the command lines of this program and whatever started it).
+ * Exit status 0 when every check passed.
  *
  * The program makes itself a child subreaper: a process the builder started and
  * failed to kill would be re-parented here, and the last check finds it.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,15 +28,23 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
+#include <sched.h>
 
 #include "genbuild.h"
 
 /* Bound on every wait: only there to turn a hang into a failure. */
 #define WAIT_MS 120000
+/* Bound on the whole program, for the waits that have none (UINT64_MAX). */
+#define WATCHDOG_S 1200
+/* A process SIGKILLed a moment ago may still be on its way out: how long a check for
+ * leftovers waits for it. The build stopped below lives a second or more after
+ * SIGTERM, so a stop that returns early is still caught. */
+#define SETTLE_MS 250
 
 static genbuild_builder *g_builder;
 static char g_dir[64];
@@ -200,7 +215,15 @@ static void put_string(uint8_t *buf, size_t *len, uint32_t number, const char *s
 
 /* ---- events ---- */
 
-enum { EVAL_STARTED = 1, EVAL_FINISHED = 2, BUILD_STARTED = 3, BUILD_FINISHED = 4, LOG_LINE = 16, BUILD_PROGRESS = 17 };
+/* The kinds of an Event, by field number (genbuild_next_event's documentation). */
+enum {
+  EVAL_STARTED = 1,
+  EVAL_FINISHED = 2,
+  BUILD_STARTED = 3,
+  BUILD_FINISHED = 4,
+  LOG_LINE = 16,
+  BUILD_PROGRESS = 17
+};
 
 static const char *kind_name(int kind) {
   switch (kind) {
@@ -224,7 +247,10 @@ typedef struct {
   char build_err[1024];
   char out_path[512];
   char drv_path[512];
-  char line[1024]; /* LogLine */
+  char line[1024];     /* LogLine */
+  char line_drv[512];  /* LogLine: the derivation that printed it, or "" */
+  uint64_t done;       /* BuildProgress */
+  uint64_t expected;   /* BuildProgress */
 } event;
 
 static int g_log_lines;
@@ -233,7 +259,8 @@ static int g_log_lines;
 static void decode_event(genbuild_buffer buf, event *ev) {
   slice msg = {buf.data, buf.len};
   memset(ev, 0, sizeof *ev);
-  const int kinds[] = {EVAL_STARTED, EVAL_FINISHED, BUILD_STARTED, BUILD_FINISHED, LOG_LINE, BUILD_PROGRESS};
+  const int kinds[] = {EVAL_STARTED,   EVAL_FINISHED, BUILD_STARTED,
+                       BUILD_FINISHED, LOG_LINE,      BUILD_PROGRESS};
   slice inner = {NULL, 0};
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
     if (pb_field(msg, (uint32_t)kinds[i], &inner, NULL)) {
@@ -245,10 +272,13 @@ static void decode_event(genbuild_buffer buf, event *ev) {
   if (ev->kind == LOG_LINE) {
     snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(inner, 1));
     snprintf(ev->line, sizeof ev->line, "%s", pb_string(inner, 4));
+    snprintf(ev->line_drv, sizeof ev->line_drv, "%s", pb_string(inner, 6));
     return;
   }
   if (ev->kind == BUILD_PROGRESS) {
     snprintf(ev->uuid, sizeof ev->uuid, "%s", pb_string(inner, 1));
+    pb_field(inner, 2, NULL, &ev->done);
+    pb_field(inner, 3, NULL, &ev->expected);
     return;
   }
   slice g = pb_message(inner, 1);
@@ -275,15 +305,18 @@ static void wait_event(int kind, const char *uuid, const char *until_line, event
     }
     decode_event(buf, ev);
     genbuild_buffer_free(buf);
+    if (ev->kind == BUILD_PROGRESS) {
+      printf("     progress %.8s: %llu/%llu\n", ev->uuid, (unsigned long long)ev->done,
+             (unsigned long long)ev->expected);
+      continue;
+    }
     if (ev->kind == LOG_LINE) {
       g_log_lines++;
-      printf("     log %.8s: %s\n", ev->uuid, ev->line);
+      printf("     log %.8s%s%.60s: %s\n", ev->uuid, ev->line_drv[0] ? " " : "", ev->line_drv,
+             ev->line);
       if (until_line != NULL && strstr(ev->line, until_line) != NULL) {
         return;
       }
-      continue;
-    }
-    if (ev->kind == BUILD_PROGRESS) {
       continue;
     }
     printf("     event %s %.8s eval=%s build=%s%s%s%s%s\n", kind_name(ev->kind), ev->uuid,
@@ -293,6 +326,61 @@ static void wait_event(int kind, const char *uuid, const char *until_line, event
       return;
     }
   }
+}
+
+/* ---- processes ---- */
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* The number of live processes but this one whose command line contains `marker`
+ * (a zombie's command line reads empty), or -1 when /proc cannot be read; `show`
+ * prints them. */
+static int processes_with(const char *marker, int show) {
+  DIR *proc = opendir("/proc");
+  if (proc == NULL) {
+    return -1;
+  }
+  int count = 0;
+  struct dirent *entry;
+  while ((entry = readdir(proc)) != NULL) {
+    if (!isdigit((unsigned char)entry->d_name[0]) || atoi(entry->d_name) == (int)getpid()) {
+      continue;
+    }
+    char path[300], cmdline[4096];
+    snprintf(path, sizeof path, "/proc/%s/cmdline", entry->d_name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+      continue; /* gone meanwhile */
+    }
+    size_t n = fread(cmdline, 1, sizeof cmdline - 1, f);
+    fclose(f);
+    for (size_t i = 0; i < n; i++) {
+      cmdline[i] = cmdline[i] == '\0' ? ' ' : cmdline[i];
+    }
+    cmdline[n] = '\0';
+    if (strstr(cmdline, marker) != NULL) {
+      count++;
+      if (show) {
+        printf("     alive: pid %s: %s\n", entry->d_name, cmdline);
+      }
+    }
+  }
+  closedir(proc);
+  return count;
+}
+
+/* processes_with(marker) once it is 0, or after SETTLE_MS (then they are printed). */
+static int processes_left(const char *marker) {
+  double until = now_ms() + SETTLE_MS;
+  int n;
+  while ((n = processes_with(marker, 0)) != 0 && now_ms() < until) {
+    sched_yield();
+  }
+  return n == 0 ? 0 : processes_with(marker, 1);
 }
 
 /* ---- the repository ---- */
@@ -341,8 +429,80 @@ static size_t repository_status(uint8_t *buf, const char *commit_id) {
   return len;
 }
 
+/* A Nix bin dir (`genbuild_config.nix_bin_dir`) whose nix-store only SIGKILL ends:
+ * the real one (from PATH) runs in a session of its own, so the SIGTERM of a
+ * cancellation reaches only the wrapper shell, which ignores it. (The real nix-store
+ * ends within milliseconds of a SIGTERM, killing its builder however that one traps
+ * signals.) A build cancelled through it takes the whole grace period to die. */
+static void slow_dying_nix(const char *dir) {
+  CHECK(mkdir(dir, 0755) == 0, "mkdir %s: %s", dir, strerror(errno));
+  const char *scripts[][2] = {
+      {"nix", "exec nix \"$@\"\n"},
+      {"nix-instantiate", "exec nix-instantiate \"$@\"\n"},
+      {"nix-store", "trap '' TERM\nsetsid nix-store \"$@\"\n"},
+  };
+  for (size_t i = 0; i < sizeof scripts / sizeof scripts[0]; i++) {
+    char path[256], text[256];
+    snprintf(path, sizeof path, "%s/%s", dir, scripts[i][0]);
+    snprintf(text, sizeof text, "#!/bin/sh\n%s", scripts[i][1]);
+    write_file(path, text);
+    CHECK(chmod(path, 0755) == 0, "chmod %s: %s", path, strerror(errno));
+  }
+}
+
+/* ---- threads: two stops at once, and a reader blocked meanwhile ---- */
+
+typedef struct {
+  pthread_barrier_t *start;
+  const char *marker; /* of the build's processes */
+  genbuild_result result;
+  char message[256];
+  double elapsed_ms;
+  int left; /* processes carrying the marker after the call returned */
+} stopper;
+
+static void *stop_at_once(void *arg) {
+  stopper *s = arg;
+  pthread_barrier_wait(s->start);
+  double started = now_ms();
+  char *err = NULL;
+  s->result = genbuild_stop(g_builder, &err);
+  s->elapsed_ms = now_ms() - started;
+  s->left = processes_left(s->marker);
+  snprintf(s->message, sizeof s->message, "%s", err ? err : "");
+  genbuild_string_free(err);
+  return NULL;
+}
+
+typedef struct {
+  const char *uuid;
+  genbuild_result result; /* of the last genbuild_next_event */
+  event ev;               /* the last event: BuildFinished of `uuid` when all went well */
+} reader;
+
+/* Waits without end (UINT64_MAX) for events until the BuildFinished of r->uuid. */
+static void *read_until_build_finished(void *arg) {
+  reader *r = arg;
+  for (;;) {
+    genbuild_buffer buf = {NULL, 0};
+    r->result = genbuild_next_event(g_builder, UINT64_MAX, &buf, NULL);
+    if (r->result != GENBUILD_RESULT_OK) {
+      return NULL;
+    }
+    decode_event(buf, &r->ev);
+    genbuild_buffer_free(buf);
+    if (r->ev.kind == BUILD_FINISHED && strcmp(r->ev.uuid, r->uuid) == 0) {
+      return NULL;
+    }
+  }
+}
+
+#define CHECK_NAME(code) \
+  CHECK(strcmp(genbuild_result_name(code), #code) == 0, "the name of %s", #code)
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
+  alarm(WATCHDOG_S);
   CHECK(argc == 2 && strspn(argv[1], "0123456789") == strlen(argv[1]) && argv[1][0],
         "usage: %s NONCE (digits)", argv[0]);
   const char *nonce = argv[1];
@@ -359,11 +519,16 @@ int main(int argc, char **argv) {
   snprintf(roots, sizeof roots, "%s/roots", g_dir);
   snprintf(cmd, sizeof cmd, "git init -q '%s'", repo);
   run(cmd);
-  char commit1[41], commit2[41], script[256];
+  char commit1[41], commit2[41], script[256], sleeper[64];
+  snprintf(sleeper, sizeof sleeper, "300.%s", nonce);
   snprintf(script, sizeof script, "echo %s > $out", nonce);
   commit(repo, nonce, script, commit1);
   snprintf(script, sizeof script, "echo started %s; /bin/sleep 300.%s; echo > $out", nonce, nonce);
   commit(repo, nonce, script, commit2);
+  char commit3[41];
+  snprintf(script, sizeof script,
+           "trap '' TERM; echo ignoring TERM %s; /bin/sleep 300.%s; echo > $out", nonce, nonce);
+  commit(repo, nonce, script, commit3);
 
   const char *names[] = {"build-users-group", "substituters", "sandbox"};
   const char *values[] = {"", "", "false"};
@@ -372,8 +537,8 @@ int main(int argc, char **argv) {
   cfg.repository_path = repo;
   cfg.system_attr = "machine";
   cfg.hostname = "testhost";
-  cfg.eval_timeout_ms = 60000;
-  cfg.build_timeout_ms = 60000;
+  cfg.eval_timeout_ms = UINT64_MAX; /* without end: overflows nothing */
+  cfg.build_timeout_ms = UINT64_MAX;
   cfg.kill_grace_ms = 2000;
   cfg.state_file = state_file;
   cfg.gc_root_dir = roots;
@@ -415,7 +580,18 @@ int main(int argc, char **argv) {
   bad.state_file = garbage_state;
   expect("builder_new(corrupt state file)", genbuild_builder_new(&bad, &b, &err), &err,
          GENBUILD_RESULT_STORE_ERROR, "garbage.pb");
+  bad = cfg;
+  bad.nix_options_len = SIZE_MAX;
+  expect("builder_new(SIZE_MAX options)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_INVALID_ARGUMENT, "larger than any buffer");
   CHECK(genbuild_builder_new(NULL, &b, NULL) == GENBUILD_RESULT_NULL_ARGUMENT, "err may be NULL");
+  bad = cfg;
+  bad.state_file = NULL;
+  bad.kill_grace_ms = UINT64_MAX;
+  expect("builder_new(UINT64_MAX grace)", genbuild_builder_new(&bad, &b, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  genbuild_builder_destroy(b);
+  b = NULL;
 
   expect("builder_new", genbuild_builder_new(&cfg, &g_builder, &err), &err, GENBUILD_RESULT_OK,
          NULL);
@@ -457,10 +633,23 @@ int main(int argc, char **argv) {
          GENBUILD_RESULT_NULL_ARGUMENT, NULL);
   expect("resume(not suspended)", genbuild_resume(g_builder, &err), &err, GENBUILD_RESULT_REFUSED,
          "the builder is not suspended");
+  expect("eval(SIZE_MAX bytes)", genbuild_eval(g_builder, rs, SIZE_MAX, &uuid, &err), &err,
+         GENBUILD_RESULT_INVALID_ARGUMENT, "larger than any buffer");
+  expect("next_event(NULL out)", genbuild_next_event(g_builder, 0, NULL, &err), &err,
+         GENBUILD_RESULT_NULL_ARGUMENT, "event_out");
   expect("next_event(nothing yet)", genbuild_next_event(g_builder, 10, &buf, &err), &err,
          GENBUILD_RESULT_TIMEOUT, NULL);
   CHECK(genbuild_stop(NULL, NULL) == GENBUILD_RESULT_NULL_ARGUMENT, "err may be NULL");
   CHECK(strcmp(genbuild_result_name(12345), "unknown") == 0, "unknown result name");
+  CHECK(strcmp(genbuild_result_name(UINT32_MAX), "unknown") == 0, "unknown result name");
+  CHECK_NAME(GENBUILD_RESULT_OK);
+  CHECK_NAME(GENBUILD_RESULT_TIMEOUT);
+  CHECK_NAME(GENBUILD_RESULT_NULL_ARGUMENT);
+  CHECK_NAME(GENBUILD_RESULT_INVALID_ARGUMENT);
+  CHECK_NAME(GENBUILD_RESULT_REFUSED);
+  CHECK_NAME(GENBUILD_RESULT_STORE_ERROR);
+  CHECK_NAME(GENBUILD_RESULT_PANIC);
+  CHECK_NAME(GENBUILD_RESULT_DISCONNECTED);
   genbuild_builder_destroy(NULL);
   genbuild_string_free(NULL);
   genbuild_buffer_free((genbuild_buffer){NULL, 0});
@@ -556,6 +745,8 @@ int main(int argc, char **argv) {
   wait_event(BUILD_STARTED, uuid2, NULL, &ev);
   wait_event(-1, uuid2, started, &ev);
   expect("stop", genbuild_stop(g_builder, &err), &err, GENBUILD_RESULT_OK, NULL);
+  int left = processes_left(sleeper);
+  CHECK(left == 0, "stop returned while %d processes carrying %s were alive", left, sleeper);
   wait_event(BUILD_FINISHED, uuid2, NULL, &ev);
   CHECK(strcmp(ev.build_status, "failed") == 0, "failed, not %s", ev.build_status);
   CHECK(strstr(ev.build_err, "cancelled: stopped") != NULL, "build_err %s", ev.build_err);
@@ -580,6 +771,80 @@ int main(int argc, char **argv) {
   g_builder = NULL;
   struct stat st;
   CHECK(stat(state_file, &st) == 0 && st.st_size > 0, "the state file was written");
+
+  /* ---- commit 3 ignores SIGTERM, and so does nix-store (slow_dying_nix): two
+   * threads stop its build at once, a third waits for its end in genbuild_next_event
+   * without a timeout; each stop returns only when the build's processes are gone,
+   * which takes the grace period ---- */
+  char slow_bin[128];
+  snprintf(slow_bin, sizeof slow_bin, "%s/slow-bin", g_dir);
+  slow_dying_nix(slow_bin);
+  cfg.nix_bin_dir = slow_bin;
+  cfg.state_file = NULL;
+  expect("builder_new(slow-dying nix-store)", genbuild_builder_new(&cfg, &g_builder, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  rs_len = repository_status(rs, commit3);
+  expect("eval(commit 3)", genbuild_eval(g_builder, rs, rs_len, &uuid, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  char uuid3[37];
+  snprintf(uuid3, sizeof uuid3, "%s", uuid);
+  genbuild_string_free(uuid);
+  uuid = NULL;
+  wait_event(EVAL_FINISHED, uuid3, NULL, &ev);
+  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
+        ev.eval_err);
+  expect("submit_build(commit 3)", genbuild_submit_build(g_builder, uuid3, &err), &err,
+         GENBUILD_RESULT_OK, NULL);
+  wait_event(BUILD_STARTED, uuid3, NULL, &ev);
+  char ignoring[64];
+  snprintf(ignoring, sizeof ignoring, "ignoring TERM %s", nonce);
+  wait_event(-1, uuid3, ignoring, &ev);
+  int alive = processes_with(sleeper, 1);
+  CHECK(alive > 0, "the build of commit 3 runs no process (%d)", alive);
+  printf("ok   %d processes of the build run\n", alive);
+
+  pthread_barrier_t start;
+  CHECK(pthread_barrier_init(&start, NULL, 2) == 0, "pthread_barrier_init");
+  reader r = {.uuid = uuid3};
+  stopper stoppers[2] = {{.start = &start, .marker = sleeper}, {.start = &start, .marker = sleeper}};
+  pthread_t reader_thread, stop_threads[2];
+  CHECK(pthread_create(&reader_thread, NULL, read_until_build_finished, &r) == 0, "a thread");
+  for (int i = 0; i < 2; i++) {
+    CHECK(pthread_create(&stop_threads[i], NULL, stop_at_once, &stoppers[i]) == 0, "a thread");
+  }
+  for (int i = 0; i < 2; i++) {
+    CHECK(pthread_join(stop_threads[i], NULL) == 0, "pthread_join");
+  }
+  CHECK(pthread_join(reader_thread, NULL) == 0, "pthread_join");
+  pthread_barrier_destroy(&start);
+  for (int i = 0; i < 2; i++) {
+    stopper *s = &stoppers[i];
+    printf("     stop %d: %s after %.1f ms, %d processes left\n", i, genbuild_result_name(s->result),
+           s->elapsed_ms, s->left);
+    CHECK(s->result == GENBUILD_RESULT_OK, "stop %d: %s", i, s->message);
+    CHECK(s->left == 0,
+          "stop %d returned after %.1f ms while %d processes of the build were alive "
+          "(and still were %d ms later)",
+          i, s->elapsed_ms, s->left, SETTLE_MS);
+  }
+  printf("ok   two stops at once: both returned after the build's processes were gone\n");
+  CHECK(r.result == GENBUILD_RESULT_OK, "next_event(UINT64_MAX): %s",
+        genbuild_result_name(r.result));
+  CHECK(r.ev.kind == BUILD_FINISHED && strcmp(r.ev.build_status, "failed") == 0 &&
+            strstr(r.ev.build_err, "cancelled: stopped") != NULL,
+        "the waiting reader got %s %s: %s", kind_name(r.ev.kind), r.ev.build_status,
+        r.ev.build_err);
+  printf("ok   next_event(UINT64_MAX) blocked meanwhile got BuildFinished: %s\n", r.ev.build_err);
+  expect("state(stopped twice)", genbuild_state(g_builder, &buf, &err), &err, GENBUILD_RESULT_OK,
+         NULL);
+  CHECK(!pb_bool_value((slice){buf.data, buf.len}, 2), "nothing builds after two stops");
+  genbuild_buffer_free(buf);
+  buf = (genbuild_buffer){NULL, 0};
+
+  genbuild_builder_destroy(g_builder);
+  g_builder = NULL;
+  left = processes_left(sleeper);
+  CHECK(left == 0, "destroy returned while %d processes carrying %s were alive", left, sleeper);
 #ifdef __linux__
   for (;;) {
     int status;
