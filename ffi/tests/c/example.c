@@ -2,7 +2,8 @@
  * Using genbuild from C: evaluate a commit of a legacy (default.nix) repository,
  * build it, print how it went.
  *
- *   cc -Iinclude example.c -Ltarget/release -lgenbuild -o example
+ *   cargo build --release -p genbuild-ffi
+ *   cc -Iffi/include ffi/tests/c/example.c -Ltarget/release -lgenbuild -o example
  *   LD_LIBRARY_PATH=target/release ./example /path/to/repo HOSTNAME COMMIT_ID
  */
 #include <stdint.h>
