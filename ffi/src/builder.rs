@@ -28,6 +28,12 @@ pub struct genbuild_builder {
     events: Receiver<Event>,
 }
 
+// Every entry point but destroy shares the handle between the caller's threads.
+const _: fn() = || {
+    fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<genbuild_builder>();
+};
+
 /// The builder behind `handle`.
 ///
 /// # Safety
@@ -307,7 +313,7 @@ mod tests {
     use std::ffi::CStr;
 
     use super::*;
-    use crate::config::genbuild_executor_kind;
+    use crate::config::test_config;
     use crate::memory::{genbuild_buffer_free, genbuild_string_free};
 
     /// Calls `f` with an `err` slot; returns the code and the message (freed).
@@ -324,24 +330,7 @@ mod tests {
     }
 
     fn config(state_file: *const c_char) -> genbuild_config {
-        genbuild_config {
-            executor: genbuild_executor_kind::Legacy as u32,
-            repository_path: c"/nonexistent/repository".as_ptr(),
-            repository_subdir: ptr::null(),
-            system_attr: ptr::null(),
-            hostname: c"h".as_ptr(),
-            submodules: false,
-            eval_timeout_ms: 0,
-            build_timeout_ms: 0,
-            kill_grace_ms: 0,
-            state_file,
-            gc_root_dir: ptr::null(),
-            nix_bin_dir: ptr::null(),
-            machine_id_attr: ptr::null(),
-            nix_option_names: ptr::null(),
-            nix_option_values: ptr::null(),
-            nix_options_len: 0,
-        }
+        genbuild_config { state_file, ..test_config() }
     }
 
     /// What needs no Nix: NULL handles and out-parameters, garbage bytes, a corrupt

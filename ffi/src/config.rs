@@ -154,33 +154,36 @@ pub(crate) unsafe fn read_config(config: &genbuild_config) -> Result<Parts, Fail
     Ok(Parts { config: builder_config, state_file, executor })
 }
 
+/// A config of static strings for unit tests: hostname "h", a repository that does not
+/// exist, defaults elsewhere.
+#[cfg(test)]
+pub(crate) fn test_config() -> genbuild_config {
+    genbuild_config {
+        executor: genbuild_executor_kind::Legacy as u32,
+        repository_path: c"/nonexistent/repository".as_ptr(),
+        repository_subdir: std::ptr::null(),
+        system_attr: std::ptr::null(),
+        hostname: c"h".as_ptr(),
+        submodules: false,
+        eval_timeout_ms: 0,
+        build_timeout_ms: 0,
+        kill_grace_ms: 0,
+        state_file: std::ptr::null(),
+        gc_root_dir: std::ptr::null(),
+        nix_bin_dir: std::ptr::null(),
+        machine_id_attr: std::ptr::null(),
+        nix_option_names: std::ptr::null(),
+        nix_option_values: std::ptr::null(),
+        nix_options_len: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::ptr;
 
-    use super::*;
+    use super::{test_config as config, *};
     use crate::error::genbuild_result;
-
-    fn config() -> genbuild_config {
-        genbuild_config {
-            executor: genbuild_executor_kind::Legacy as u32,
-            repository_path: c"/r".as_ptr(),
-            repository_subdir: ptr::null(),
-            system_attr: ptr::null(),
-            hostname: c"h".as_ptr(),
-            submodules: false,
-            eval_timeout_ms: 0,
-            build_timeout_ms: 0,
-            kill_grace_ms: 0,
-            state_file: ptr::null(),
-            gc_root_dir: ptr::null(),
-            nix_bin_dir: ptr::null(),
-            machine_id_attr: ptr::null(),
-            nix_option_names: ptr::null(),
-            nix_option_values: ptr::null(),
-            nix_options_len: 0,
-        }
-    }
 
     fn failure(config: &genbuild_config) -> Failure {
         // SAFETY: static strings; arrays NULL or as long as their length.

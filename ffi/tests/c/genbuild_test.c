@@ -429,6 +429,23 @@ static size_t repository_status(uint8_t *buf, const char *commit_id) {
   return len;
 }
 
+/* Evaluates `commit_id` (`what` in the output) and waits until it is evaluated; its
+ * generation's uuid goes to `uuid`. */
+static void evaluate(const char *what, const char *commit_id, char uuid[37]) {
+  uint8_t rs[512];
+  size_t rs_len = repository_status(rs, commit_id);
+  char label[64], *err = NULL, *out = NULL;
+  snprintf(label, sizeof label, "eval(%s)", what);
+  expect(label, genbuild_eval(g_builder, rs, rs_len, &out, &err), &err, GENBUILD_RESULT_OK, NULL);
+  CHECK(out != NULL && strlen(out) == 36, "a uuid");
+  snprintf(uuid, 37, "%s", out);
+  genbuild_string_free(out);
+  event ev;
+  wait_event(EVAL_FINISHED, uuid, NULL, &ev);
+  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
+        ev.eval_err);
+}
+
 /* A Nix bin dir (`genbuild_config.nix_bin_dir`) whose nix-store only SIGKILL ends:
  * the real one (from PATH) runs in a session of its own, so the SIGTERM of a
  * cancellation reaches only the wrapper shell, which ignores it. (The real nix-store
@@ -708,16 +725,8 @@ int main(int argc, char **argv) {
   buf = (genbuild_buffer){NULL, 0};
 
   /* ---- commit 2 builds for 300 s: suspend, resume, stop ---- */
-  rs_len = repository_status(rs, commit2);
-  expect("eval(commit 2)", genbuild_eval(g_builder, rs, rs_len, &uuid, &err), &err,
-         GENBUILD_RESULT_OK, NULL);
   char uuid2[37];
-  snprintf(uuid2, sizeof uuid2, "%s", uuid);
-  genbuild_string_free(uuid);
-  uuid = NULL;
-  wait_event(EVAL_FINISHED, uuid2, NULL, &ev);
-  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
-        ev.eval_err);
+  evaluate("commit 2", commit2, uuid2);
   expect("submit_build(old generation)", genbuild_submit_build(g_builder, uuid1, &err), &err,
          GENBUILD_RESULT_REFUSED, "another generation is evaluating or evaluated");
   expect("submit_build(commit 2)", genbuild_submit_build(g_builder, uuid2, &err), &err,
@@ -783,16 +792,8 @@ int main(int argc, char **argv) {
   cfg.state_file = NULL;
   expect("builder_new(slow-dying nix-store)", genbuild_builder_new(&cfg, &g_builder, &err), &err,
          GENBUILD_RESULT_OK, NULL);
-  rs_len = repository_status(rs, commit3);
-  expect("eval(commit 3)", genbuild_eval(g_builder, rs, rs_len, &uuid, &err), &err,
-         GENBUILD_RESULT_OK, NULL);
   char uuid3[37];
-  snprintf(uuid3, sizeof uuid3, "%s", uuid);
-  genbuild_string_free(uuid);
-  uuid = NULL;
-  wait_event(EVAL_FINISHED, uuid3, NULL, &ev);
-  CHECK(strcmp(ev.eval_status, "evaluated") == 0, "evaluated, not %s: %s", ev.eval_status,
-        ev.eval_err);
+  evaluate("commit 3", commit3, uuid3);
   expect("submit_build(commit 3)", genbuild_submit_build(g_builder, uuid3, &err), &err,
          GENBUILD_RESULT_OK, NULL);
   wait_event(BUILD_STARTED, uuid3, NULL, &ev);
