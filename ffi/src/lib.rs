@@ -42,13 +42,12 @@
 #![allow(non_camel_case_types)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod panic;
-
 mod args;
 mod builder;
 mod config;
 mod error;
 mod memory;
+mod panic;
 
 use std::ffi::{c_char, CStr};
 
