@@ -373,6 +373,46 @@ static int processes_with(const char *marker, int show) {
   return count;
 }
 
+/* Prints this process's children (orphans of the builder's processes are re-parented
+ * here) and returns how many there are. */
+static int show_children(void) {
+  DIR *proc = opendir("/proc");
+  int count = 0;
+  struct dirent *entry;
+  while (proc != NULL && (entry = readdir(proc)) != NULL) {
+    char path[300], stat[512] = {0}, cmdline[256] = {0};
+    snprintf(path, sizeof path, "/proc/%s/stat", entry->d_name);
+    FILE *f = isdigit((unsigned char)entry->d_name[0]) ? fopen(path, "r") : NULL;
+    if (f == NULL) {
+      continue;
+    }
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    char state = '?';
+    int ppid = 0;
+    const char *end = strrchr(stat, ')');
+    if (end == NULL || sscanf(end + 1, " %c %d", &state, &ppid) != 2 || ppid != (int)getpid()) {
+      continue;
+    }
+    snprintf(path, sizeof path, "/proc/%s/cmdline", entry->d_name);
+    f = fopen(path, "r");
+    n = f != NULL ? fread(cmdline, 1, sizeof cmdline - 1, f) : 0;
+    if (f != NULL) {
+      fclose(f);
+    }
+    for (size_t i = 0; i < n; i++) {
+      cmdline[i] = cmdline[i] == '\0' ? ' ' : cmdline[i];
+    }
+    printf("     child: pid %s, state %c: %s\n", entry->d_name, state, cmdline);
+    count++;
+  }
+  if (proc != NULL) {
+    closedir(proc);
+  }
+  return count;
+}
+
 /* processes_with(marker) once it is 0, or after SETTLE_MS (then they are printed). */
 static int processes_left(const char *marker) {
   double until = now_ms() + SETTLE_MS;
@@ -843,14 +883,21 @@ int main(int argc, char **argv) {
   left = processes_left(sleeper);
   CHECK(left == 0, "destroy returned while %d processes carrying %s were alive", left, sleeper);
 #ifdef __linux__
+  /* Orphans of the builder's processes are re-parented here: reap them. One killed a
+   * moment ago may still be on its way out. */
+  double until = now_ms() + SETTLE_MS;
   for (;;) {
     int status;
     pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid > 0) {
-      continue; /* an orphan that exited before the builder returned: reaped */
+      continue;
     }
-    CHECK(pid == -1 && errno == ECHILD, "a process is still alive after destroy");
-    break;
+    if (pid == -1 && errno == ECHILD) {
+      break;
+    }
+    CHECK(pid == 0 && now_ms() < until, "a process is still alive %d ms after destroy (%d children)",
+          SETTLE_MS, show_children());
+    sched_yield();
   }
   printf("ok   no process left\n");
 #endif
