@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// Everything a genbuild call can refuse or fail with.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// `submit_build` of a generation that is not the current one.
     #[error("another generation is evaluating or evaluated")]
@@ -31,6 +32,19 @@ pub enum Error {
     /// `resume` without `suspend`.
     #[error("the builder is not suspended")]
     NotSuspended,
+    /// `eval` waited for the running job to end and `stop` was called meanwhile:
+    /// stop is stronger than every request made before it, so no generation was
+    /// created.
+    #[error("stop() was called while eval() waited for the running job to end, so the evaluation was not started: call eval() again to evaluate this commit")]
+    Stopped,
+    /// A method that waits for the builder's jobs was called from inside one of
+    /// them (an [`Executor`](crate::Executor) of this builder), where it would wait
+    /// for itself.
+    #[error("{method}() was called from inside one of this builder's own jobs, where it would wait for that job to end: call it from another thread (send the request to one over a channel)")]
+    CalledFromJob {
+        /// The method called.
+        method: &'static str,
+    },
 }
 
 /// Why a persisted [`Store`](crate::Store) could not be opened, or a change not written.
@@ -114,7 +128,11 @@ pub enum JobError {
 }
 
 /// Why the builder cancelled a job; part of the recorded error text.
+///
+/// A job cancelled again while it dies records the strongest reason: `Stopped` over
+/// `Superseded` over `Suspended`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CancelReason {
     /// A newer `eval()` replaced the generation.
     Superseded(String),

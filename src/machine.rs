@@ -1,10 +1,10 @@
 //! The builder's rules as a pure state machine: no threads, clocks, channels or I/O.
 //!
-//! Every rule of DESIGN.md's Semantics section lives here and only here. The threaded
-//! [`Builder`](crate::Builder) feeds the machine its inputs (the caller's commands and
-//! the jobs' completions), performs the [`Action`]s it asks for in order, and decides
-//! nothing itself. That split (quinn's `quinn-proto` / `quinn`) lets the rules be unit
-//! tested and fuzzed without a process in sight.
+//! Every rule of the builder's semantics (the crate documentation states them) lives
+//! here and only here. The threaded [`Builder`](crate::Builder) feeds the machine its
+//! inputs (the callers' commands and the jobs' completions), performs the [`Action`]s it
+//! asks for in order, and decides nothing itself. That split (quinn's `quinn-proto` /
+//! `quinn`) lets the rules be unit tested and fuzzed without a process in sight.
 //!
 //! * Commands: [`Machine::eval`], [`Machine::submit_build`], [`Machine::suspend`],
 //!   [`Machine::resume`], [`Machine::stop`] return what the caller must be told, and
@@ -14,14 +14,30 @@
 //!   them after every call, before releasing its lock.
 //!
 //! A command that finds a job in its way (an `eval` while a job runs, a `suspend`
-//! while a build runs) queues the job's cancellation and returns
+//! while a build runs, a `stop`) queues the job's cancellation and returns
 //! [`Step::WaitFor`]: the driver waits, without its lock, until the job's completion
-//! has been handled, then calls the command again.
+//! has been handled, then calls `eval` or `suspend` again with the [`Wait`] it got
+//! (a `stop` is done once its job ended).
+//!
+//! # Cancellation reasons, and why stop() wins
+//!
+//! A job cancelled while it takes its time to die (a build's grace period) may be
+//! cancelled again for another reason. The machine records the strongest reason
+//! given, `stopped` > `superseded by generation …` > `suspended`: it decides what the
+//! job's error says, and whether its build is wanted again (only a build whose
+//! strongest reason is the suspend is). The process is not signalled twice.
+//!
+//! `stop()` is stronger than every request made before it: it forgets every wanted
+//! build (submitted while suspended, or cancelled by a suspend), and an `eval` still
+//! waiting for a job when `stop` is called gives up with [`Error::Stopped`]. An `eval`
+//! forgets the wanted builds of the generation it replaces too. So when the job a
+//! `stop` waited for has ended, nothing starts.
 
 use std::collections::VecDeque;
 
 use crate::error::{CancelReason, Error, JobError};
 use crate::executor::EvalOutput;
+use crate::status::{BuildReason, BuildStatus, EvalStatus};
 
 /// Identifies one job (an evaluation or a build) for the machine's whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,48 +50,6 @@ pub enum JobKind {
     Build,
 }
 
-/// Evaluation status of a generation (comin's strings via [`EvalStatus::as_str`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvalStatus {
-    Initialized,
-    Evaluating,
-    Evaluated,
-    Failed,
-}
-
-/// Build status of a generation (comin's strings via [`BuildStatus::as_str`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildStatus {
-    Initialized,
-    Building,
-    Built,
-    Failed,
-}
-
-impl EvalStatus {
-    pub fn as_str(self) -> &'static str {
-        use crate::proto::status::*;
-        match self {
-            EvalStatus::Initialized => INITIALIZED,
-            EvalStatus::Evaluating => EVALUATING,
-            EvalStatus::Evaluated => EVALUATED,
-            EvalStatus::Failed => FAILED,
-        }
-    }
-}
-
-impl BuildStatus {
-    pub fn as_str(self) -> &'static str {
-        use crate::proto::status::*;
-        match self {
-            BuildStatus::Initialized => INITIALIZED,
-            BuildStatus::Building => BUILDING,
-            BuildStatus::Built => BUILT,
-            BuildStatus::Failed => FAILED,
-        }
-    }
-}
-
 /// What the machine needs to know of a generation it does not track (one found in
 /// the store, e.g. after a restart).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,38 +59,23 @@ pub struct GenerationView {
     pub drv_path: String,
 }
 
-/// Why a build was started, as recorded in the generation's `build_reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildReason {
-    AlreadyBuilt,
-    NeedBuild,
-}
-
-impl BuildReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildReason::AlreadyBuilt => crate::BUILD_REASON_ALREADY_BUILT,
-            BuildReason::NeedBuild => crate::BUILD_REASON_NEED_BUILD,
-        }
-    }
-}
-
-/// How a job ended, as its worker reports it.
+/// How a job ended, as the job reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// An evaluation succeeded; `out_path_valid` says whether its output is already
-    /// in the store (asked by the worker, since that is I/O).
-    Evaluated { output: EvalOutput, out_path_valid: bool },
+    /// An evaluation succeeded; `already_built` says whether its output is already
+    /// in the store (asked by the job, since that is I/O).
+    Evaluated { output: EvalOutput, already_built: bool },
     /// A build succeeded.
     Built,
     /// The job failed, timed out or was cancelled.
     Failed(JobError),
 }
 
-/// A change the driver writes to the store.
+/// A change the driver writes to the store. `R` is the caller's evaluation request,
+/// carried untouched from [`Machine::eval`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    EvalStarted { uuid: String },
+pub enum Record<R> {
+    EvalStarted { uuid: String, request: R },
     EvalFinished { uuid: String, result: Result<EvalOutput, String> },
     BuildStarted { uuid: String, reason: BuildReason },
     BuildFinished { uuid: String, result: Result<(), String> },
@@ -131,17 +90,27 @@ pub enum Notification {
 
 /// What the driver must do, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Start evaluating generation `uuid` as job `job`.
-    StartEval { job: JobId, uuid: String },
+pub enum Action<R> {
+    /// Start evaluating `request` as generation `uuid`, as job `job`.
+    StartEval { job: JobId, uuid: String, request: R },
     /// Start building `drv_path` of generation `uuid` as job `job`.
     StartBuild { job: JobId, uuid: String, drv_path: String },
     /// Cancel a running job; its completion still comes through `handle_finished`.
     Cancel { job: JobId, reason: CancelReason },
     /// Write to the store (and tell subscribers).
-    Record(Record),
+    Record(Record<R>),
     /// Send on `evaluation_done` / `build_done`.
     Notify(Notification),
+}
+
+/// A command's wait for a job in its way: hand it back to the command once the job's
+/// completion has been handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// The job to wait for.
+    pub job: JobId,
+    /// How many stops had been made when the command was first called.
+    stops: u64,
 }
 
 /// What a command tells its caller when it did not fail.
@@ -151,8 +120,8 @@ pub enum Step {
     /// Done; the queued actions carry it out.
     Done,
     /// A job is in the way and has been cancelled: wait until its completion was
-    /// handled, then call the command again.
-    WaitFor(JobId),
+    /// handled, then call the command again with this (`stop`: done then).
+    WaitFor(Wait),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,22 +139,39 @@ struct Current {
 struct Running {
     id: JobId,
     kind: JobKind,
+    /// The strongest reason it was cancelled for.
     cancelled: Option<CancelReason>,
 }
 
-/// The builder's state. See the module documentation.
-#[derive(Debug, Default)]
-pub struct Machine {
+/// The builder's state. See the module documentation. `R`: the evaluation request
+/// the driver wants back in [`Action::StartEval`] and [`Record::EvalStarted`].
+#[derive(Debug)]
+pub struct Machine<R> {
     current: Option<Current>,
     running: Option<Running>,
     suspended: bool,
     next_job: u64,
-    actions: VecDeque<Action>,
+    /// Stops made so far: a waiting `eval` older than the last one gives up.
+    stops: u64,
+    actions: VecDeque<Action<R>>,
 }
 
-impl Machine {
-    pub fn new() -> Machine {
-        Machine::default()
+impl<R: Clone> Default for Machine<R> {
+    fn default() -> Self {
+        Machine::new()
+    }
+}
+
+impl<R: Clone> Machine<R> {
+    pub fn new() -> Machine<R> {
+        Machine {
+            current: None,
+            running: None,
+            suspended: false,
+            next_job: 0,
+            stops: 0,
+            actions: VecDeque::new(),
+        }
     }
 
     // ---- getters ----
@@ -213,18 +199,33 @@ impl Machine {
         self.running.as_ref().map(|r| (r.id, r.kind))
     }
 
-    /// Whether a build of the current generation waits for `resume`.
+    /// Whether a build of the current generation waits for `resume` or for the
+    /// running job to end.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn is_build_wanted(&self) -> bool {
         self.current.as_ref().is_some_and(|c| c.build_wanted)
     }
 
     // ---- commands ----
 
-    /// Evaluate a new generation `uuid`: cancels whatever runs, waits for it, then
-    /// makes `uuid` current and starts its evaluation.
-    pub fn eval(&mut self, uuid: &str) -> Step {
-        if let Some(step) = self.cancel_running(CancelReason::Superseded(uuid.to_string()), |_| true) {
-            return step;
+    /// Evaluate `request` as a new generation `uuid`: cancels whatever runs and waits
+    /// for it, then makes `uuid` current and starts its evaluation. `waited`: the
+    /// [`Wait`] this same call got before.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when a `stop` was made while this call waited: the
+    /// generation is not created.
+    pub fn eval(&mut self, uuid: &str, request: &R, waited: Option<Wait>) -> Result<Step, Error> {
+        let stops = match waited {
+            Some(wait) if wait.stops != self.stops => return Err(Error::Stopped),
+            Some(wait) => wait.stops,
+            None => self.stops,
+        };
+        if let Some(current) = &mut self.current {
+            current.build_wanted = false;
+        }
+        if let Some(job) = self.cancel_running(CancelReason::Superseded(uuid.to_string()), |_| true) {
+            return Ok(Step::WaitFor(Wait { job, stops }));
         }
         self.current = Some(Current {
             uuid: uuid.to_string(),
@@ -234,9 +235,11 @@ impl Machine {
             build_wanted: false,
         });
         let job = self.new_job(JobKind::Eval);
-        self.actions.push_back(Action::Record(Record::EvalStarted { uuid: uuid.to_string() }));
-        self.actions.push_back(Action::StartEval { job, uuid: uuid.to_string() });
-        Step::Done
+        let (uuid, request) = (uuid.to_string(), request.clone());
+        self.actions
+            .push_back(Action::Record(Record::EvalStarted { uuid: uuid.clone(), request: request.clone() }));
+        self.actions.push_back(Action::StartEval { job, uuid, request });
+        Ok(Step::Done)
     }
 
     /// Build generation `uuid`. `stored` is the store's view of it, used only when it
@@ -270,12 +273,23 @@ impl Machine {
 
     /// Suspend: refuse builds until [`Machine::resume`]; a running build is cancelled
     /// and will be started again on resume. A running evaluation continues.
-    pub fn suspend(&mut self) -> Result<Step, Error> {
-        if self.suspended {
-            return Err(Error::AlreadySuspended);
+    /// `waited`: the [`Wait`] this same call got before (the suspension is then in
+    /// effect already, unless a `resume` came meanwhile).
+    pub fn suspend(&mut self, waited: Option<Wait>) -> Result<Step, Error> {
+        if waited.is_none() {
+            if self.suspended {
+                return Err(Error::AlreadySuspended);
+            }
+            self.suspended = true;
         }
-        self.suspended = true;
-        Ok(self.wait_for_build_cancelled_by_suspend())
+        if !self.suspended {
+            return Ok(Step::Done);
+        }
+        let stops = waited.map_or(self.stops, |w| w.stops);
+        match self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build) {
+            Some(job) => Ok(Step::WaitFor(Wait { job, stops })),
+            None => Ok(Step::Done),
+        }
     }
 
     /// Resume: build the current generation if a build of it was asked for.
@@ -288,21 +302,17 @@ impl Machine {
         Ok(())
     }
 
-    /// Cancel whatever runs; nothing is wanted any more. Call until it returns
-    /// [`Step::Done`].
+    /// Cancel whatever runs and forget every wanted build; an `eval` waiting now
+    /// gives up. Once the job it waits for (if any) has ended, nothing runs.
     pub fn stop(&mut self) -> Step {
+        self.stops += 1;
         if let Some(current) = &mut self.current {
             current.build_wanted = false;
         }
-        self.cancel_running(CancelReason::Stopped, |_| true).unwrap_or(Step::Done)
-    }
-
-    /// Continues a suspend that found a build running (see [`Step::WaitFor`]).
-    pub fn wait_for_build_cancelled_by_suspend(&mut self) -> Step {
-        if !self.suspended {
-            return Step::Done;
+        match self.cancel_running(CancelReason::Stopped, |_| true) {
+            Some(job) => Step::WaitFor(Wait { job, stops: self.stops }),
+            None => Step::Done,
         }
-        self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build).unwrap_or(Step::Done)
     }
 
     // ---- inputs ----
@@ -317,59 +327,52 @@ impl Machine {
             (JobError::Cancelled(_), Some(reason)) => JobError::Cancelled(Some(reason.clone())).to_string(),
             _ => e.to_string(),
         };
-        match (running.kind, outcome) {
-            (JobKind::Eval, Outcome::Evaluated { output, out_path_valid }) => {
+        let mut record = |record| self.actions.push_back(Action::Record(record));
+        let notification = match (running.kind, outcome) {
+            (JobKind::Eval, Outcome::Evaluated { output, already_built }) => {
                 current.eval = EvalStatus::Evaluated;
                 current.drv_path = output.drv_path.clone();
-                self.actions.push_back(Action::Record(Record::EvalFinished {
-                    uuid: uuid.clone(),
-                    result: Ok(output),
-                }));
-                if out_path_valid {
+                record(Record::EvalFinished { uuid: uuid.clone(), result: Ok(output) });
+                if already_built {
                     current.build = BuildStatus::Built;
                     let reason = BuildReason::AlreadyBuilt;
-                    self.actions
-                        .push_back(Action::Record(Record::BuildStarted { uuid: uuid.clone(), reason }));
-                    self.actions.push_back(Action::Record(Record::BuildFinished {
-                        uuid: uuid.clone(),
-                        result: Ok(()),
-                    }));
-                    self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
+                    record(Record::BuildStarted { uuid: uuid.clone(), reason });
+                    record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) });
+                    Notification::BuildDone(uuid)
                 } else {
-                    self.actions.push_back(Action::Notify(Notification::EvaluationDone(uuid)));
+                    Notification::EvaluationDone(uuid)
                 }
             }
             (JobKind::Eval, Outcome::Failed(e)) => {
                 current.eval = EvalStatus::Failed;
-                let result = Err(error_text(&e));
-                self.actions.push_back(Action::Record(Record::EvalFinished { uuid: uuid.clone(), result }));
-                self.actions.push_back(Action::Notify(Notification::EvaluationDone(uuid)));
+                record(Record::EvalFinished { uuid: uuid.clone(), result: Err(error_text(&e)) });
+                Notification::EvaluationDone(uuid)
             }
             (JobKind::Build, Outcome::Built) => {
                 current.build = BuildStatus::Built;
-                self.actions
-                    .push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) }));
-                self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
+                record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) });
+                Notification::BuildDone(uuid)
             }
             (JobKind::Build, Outcome::Failed(e)) => {
                 current.build = BuildStatus::Failed;
-                // Only a build the suspend did cancel is built again on resume; one
-                // that failed on its own before the cancel landed is not.
+                // Only a build the suspend cancelled, and nothing stronger since, is
+                // built again on resume; one that failed on its own before the cancel
+                // landed is not.
                 if let (JobError::Cancelled(_), Some(CancelReason::Suspended)) = (&e, &running.cancelled) {
                     current.build_wanted = true;
                 }
-                let result = Err(error_text(&e));
-                self.actions.push_back(Action::Record(Record::BuildFinished { uuid: uuid.clone(), result }));
-                self.actions.push_back(Action::Notify(Notification::BuildDone(uuid)));
+                record(Record::BuildFinished { uuid: uuid.clone(), result: Err(error_text(&e)) });
+                Notification::BuildDone(uuid)
             }
             (kind, outcome) => {
-                // A worker reporting the other kind's success is a bug in the driver;
+                // A job reporting the other kind's success is a bug in the driver;
                 // record it as a failure so the job still ends with its notification.
                 let e = JobError::Failed(format!("internal error: a {kind:?} job reported {outcome:?}"));
                 self.running = Some(running);
                 return self.handle_finished(job, Outcome::Failed(e));
             }
-        }
+        };
+        self.actions.push_back(Action::Notify(notification));
         self.start_wanted_build();
         true
     }
@@ -378,7 +381,7 @@ impl Machine {
 
     /// The next action to perform, in order.
     #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<Action<R>> {
         self.actions.pop_front()
     }
 
@@ -391,15 +394,19 @@ impl Machine {
         id
     }
 
-    /// Cancels the running job if `which` selects it (once: a second cancel only
-    /// waits) and returns the step to wait for it.
-    fn cancel_running(&mut self, reason: CancelReason, which: impl Fn(&Running) -> bool) -> Option<Step> {
+    /// Cancels the running job if `which` selects it and returns its id. The process
+    /// is cancelled once; a stronger reason given later replaces the recorded one.
+    fn cancel_running(&mut self, reason: CancelReason, which: impl Fn(&Running) -> bool) -> Option<JobId> {
         let running = self.running.as_mut().filter(|r| which(r))?;
-        if running.cancelled.is_none() {
-            running.cancelled = Some(reason.clone());
-            self.actions.push_back(Action::Cancel { job: running.id, reason });
+        match &running.cancelled {
+            None => {
+                running.cancelled = Some(reason.clone());
+                self.actions.push_back(Action::Cancel { job: running.id, reason });
+            }
+            Some(earlier) if strength(&reason) > strength(earlier) => running.cancelled = Some(reason),
+            Some(_) => {}
         }
-        Some(Step::WaitFor(running.id))
+        Some(running.id)
     }
 
     fn start_wanted_build(&mut self) {
@@ -423,6 +430,15 @@ impl Machine {
     }
 }
 
+/// Which of two reasons a job cancelled twice records: stopped > superseded > suspended.
+fn strength(reason: &CancelReason) -> u8 {
+    match reason {
+        CancelReason::Suspended => 1,
+        CancelReason::Superseded(_) => 2,
+        CancelReason::Stopped => 3,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,11 +451,24 @@ mod tests {
         }
     }
 
-    fn drain(m: &mut Machine) -> Vec<Action> {
+    type M = Machine<String>;
+
+    fn eval(m: &mut M, uuid: &str) -> Step {
+        m.eval(uuid, &format!("rs of {uuid}"), None).expect("eval is not refused")
+    }
+
+    fn job_of(step: Step) -> Option<JobId> {
+        match step {
+            Step::WaitFor(wait) => Some(wait.job),
+            Step::Done => None,
+        }
+    }
+
+    fn drain(m: &mut M) -> Vec<Action<String>> {
         std::iter::from_fn(|| m.poll_action()).collect()
     }
 
-    fn started_job(actions: &[Action]) -> JobId {
+    fn started_job(actions: &[Action<String>]) -> JobId {
         actions
             .iter()
             .find_map(|a| match a {
@@ -450,36 +479,36 @@ mod tests {
     }
 
     /// A machine whose generation "g1" is evaluated (not built).
-    fn evaluated() -> Machine {
-        let mut m = Machine::new();
-        assert_eq!(m.eval("g1"), Step::Done);
+    fn evaluated() -> M {
+        let mut m = M::new();
+        assert_eq!(eval(&mut m, "g1"), Step::Done);
         let job = started_job(&drain(&mut m));
-        assert!(m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: false }));
+        assert!(m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: false }));
         drain(&mut m);
         m
     }
 
     /// `evaluated()` with a build of it running; returns the build's job.
-    fn building() -> (Machine, JobId) {
+    fn building() -> (M, JobId) {
         let mut m = evaluated();
         m.submit_build("g1", None).unwrap();
         let job = started_job(&drain(&mut m));
         (m, job)
     }
 
-    fn record(uuid: &str, result: Result<(), String>) -> Action {
+    fn record(uuid: &str, result: Result<(), String>) -> Action<String> {
         Action::Record(Record::BuildFinished { uuid: uuid.into(), result })
     }
 
     #[test]
     fn eval_records_then_starts_and_marks_evaluating() {
-        let mut m = Machine::new();
-        assert_eq!(m.eval("g1"), Step::Done);
+        let mut m = M::new();
+        assert_eq!(eval(&mut m, "g1"), Step::Done);
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalStarted { uuid: "g1".into() }),
-                Action::StartEval { job: JobId(1), uuid: "g1".into() }
+                Action::Record(Record::EvalStarted { uuid: "g1".into(), request: "rs of g1".into() }),
+                Action::StartEval { job: JobId(1), uuid: "g1".into(), request: "rs of g1".into() }
             ]
         );
         assert!(m.is_evaluating() && !m.is_building());
@@ -488,10 +517,10 @@ mod tests {
 
     #[test]
     fn successful_eval_records_and_notifies_evaluation_done() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
-        m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: false });
+        m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: false });
         assert_eq!(
             drain(&mut m),
             [
@@ -504,10 +533,10 @@ mod tests {
 
     #[test]
     fn an_output_already_valid_is_recorded_built_and_notified_on_build_done() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
-        m.handle_finished(job, Outcome::Evaluated { output: output(), out_path_valid: true });
+        m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: true });
         assert_eq!(
             drain(&mut m),
             [
@@ -522,8 +551,8 @@ mod tests {
 
     #[test]
     fn failed_eval_records_the_error_and_notifies_evaluation_done() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
         m.handle_finished(job, Outcome::Failed(JobError::TimedOut(std::time::Duration::from_secs(2))));
         assert_eq!(
@@ -541,13 +570,13 @@ mod tests {
 
     #[test]
     fn eval_while_a_job_runs_cancels_it_once_and_waits() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
-        assert_eq!(m.eval("g2"), Step::WaitFor(job));
+        assert_eq!(job_of(eval(&mut m, "g2")), Some(job));
         let superseded = CancelReason::Superseded("g2".into());
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: superseded }]);
-        assert_eq!(m.eval("g3"), Step::WaitFor(job), "a second eval waits for the same job");
+        assert_eq!(job_of(eval(&mut m, "g3")), Some(job), "a second eval waits for the same job");
         assert_eq!(drain(&mut m), [], "and does not cancel it again");
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: superseded by generation g2".to_string();
@@ -558,14 +587,14 @@ mod tests {
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
         );
-        assert_eq!(m.eval("g3"), Step::Done);
+        assert_eq!(eval(&mut m, "g3"), Step::Done);
         assert_eq!(m.generation_uuid(), Some("g3"));
     }
 
     #[test]
     fn eval_preempts_a_build() {
         let (mut m, job) = building();
-        assert_eq!(m.eval("g2"), Step::WaitFor(job));
+        assert_eq!(job_of(eval(&mut m, "g2")), Some(job));
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Superseded("g2".into()) }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: superseded by generation g2".to_string();
@@ -597,14 +626,14 @@ mod tests {
 
     #[test]
     fn submit_build_errors_in_order_with_their_messages() {
-        let mut m = Machine::new();
+        let mut m = M::new();
         let msg = |r: Result<(), Error>| r.unwrap_err().to_string();
         assert_eq!(msg(m.submit_build("u", None)), "no generation with uuid u has been found");
-        let _ = m.eval("g1");
+        let _ = eval(&mut m, "g1");
         drain(&mut m);
         assert_eq!(msg(m.submit_build("other", None)), "another generation is evaluating or evaluated");
         assert_eq!(msg(m.submit_build("g1", None)), "the generation is not evaluated");
-        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), out_path_valid: false });
+        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), already_built: false });
         m.submit_build("g1", None).unwrap();
         assert_eq!(msg(m.submit_build("g1", None)), "the builder is already building");
         m.handle_finished(JobId(2), Outcome::Built);
@@ -613,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_stored_generation_becomes_current_when_submitted() {
-        let mut m = Machine::new();
+        let mut m = M::new();
         let view = |eval, build| Some(GenerationView { eval, build, drv_path: "/nix/store/s.drv".into() });
         assert_eq!(
             m.submit_build("s", view(EvalStatus::Failed, BuildStatus::Initialized)),
@@ -647,10 +676,10 @@ mod tests {
 
     #[test]
     fn suspend_twice_and_resume_unsuspended_are_refused() {
-        let mut m = Machine::new();
+        let mut m = M::new();
         assert_eq!(m.resume().unwrap_err().to_string(), "the builder is not suspended");
-        assert_eq!(m.suspend(), Ok(Step::Done));
-        assert_eq!(m.suspend().unwrap_err().to_string(), "the builder is already suspended");
+        assert_eq!(m.suspend(None), Ok(Step::Done));
+        assert_eq!(m.suspend(None).unwrap_err().to_string(), "the builder is already suspended");
         assert!(m.is_suspended());
         m.resume().unwrap();
         assert!(!m.is_suspended());
@@ -659,7 +688,7 @@ mod tests {
     #[test]
     fn a_build_submitted_while_suspended_waits_for_resume() {
         let mut m = evaluated();
-        let _ = m.suspend().unwrap();
+        let _ = m.suspend(None).unwrap();
         m.submit_build("g1", None).unwrap();
         assert_eq!(drain(&mut m), []);
         assert!(m.is_build_wanted() && !m.is_building());
@@ -669,12 +698,12 @@ mod tests {
 
     #[test]
     fn suspend_lets_an_evaluation_run_and_resume_builds_nothing_unsubmitted() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         drain(&mut m);
-        assert_eq!(m.suspend(), Ok(Step::Done));
+        assert_eq!(m.suspend(None), Ok(Step::Done));
         assert_eq!(drain(&mut m), [], "the evaluation is not cancelled");
-        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), out_path_valid: false });
+        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), already_built: false });
         drain(&mut m);
         m.resume().unwrap();
         assert_eq!(drain(&mut m), []);
@@ -684,7 +713,8 @@ mod tests {
     #[test]
     fn suspend_cancels_a_build_which_resume_starts_again() {
         let (mut m, job) = building();
-        assert_eq!(m.suspend(), Ok(Step::WaitFor(job)));
+        let Ok(Step::WaitFor(wait)) = m.suspend(None) else { panic!("suspend waits for the build") };
+        assert_eq!(wait.job, job);
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Suspended }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: suspended".to_string();
@@ -693,7 +723,7 @@ mod tests {
             [record("g1", Err(err)), Action::Notify(Notification::BuildDone("g1".into()))]
         );
         assert!(!m.is_building(), "not restarted while suspended");
-        assert_eq!(m.wait_for_build_cancelled_by_suspend(), Step::Done);
+        assert_eq!(m.suspend(Some(wait)), Ok(Step::Done));
         m.resume().unwrap();
         assert!(matches!(drain(&mut m).last(), Some(Action::StartBuild { .. })));
     }
@@ -701,7 +731,7 @@ mod tests {
     #[test]
     fn a_build_that_fails_on_its_own_before_the_suspend_lands_is_not_rebuilt() {
         let (mut m, job) = building();
-        let _ = m.suspend().unwrap();
+        let _ = m.suspend(None).unwrap();
         m.handle_finished(job, Outcome::Failed(JobError::Failed("exit 1".into())));
         assert_eq!(
             drain(&mut m)[1..],
@@ -714,7 +744,7 @@ mod tests {
     #[test]
     fn resume_before_the_cancelled_build_ended_restarts_it_when_it_ends() {
         let (mut m, job) = building();
-        let _ = m.suspend().unwrap();
+        let _ = m.suspend(None).unwrap();
         m.resume().unwrap();
         drain(&mut m);
         assert!(m.is_building(), "the cancelled job still runs");
@@ -725,7 +755,7 @@ mod tests {
     #[test]
     fn stop_cancels_whatever_runs_and_forgets_wanted_builds() {
         let (mut m, job) = building();
-        assert_eq!(m.stop(), Step::WaitFor(job));
+        assert_eq!(job_of(m.stop()), Some(job));
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Stopped }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         assert_eq!(
@@ -738,17 +768,17 @@ mod tests {
         assert_eq!(m.stop(), Step::Done, "stop twice is harmless");
         let (mut m, job) = building();
         let _ = m.stop();
-        assert_eq!(m.suspend(), Ok(Step::WaitFor(job)), "suspend during a stop waits for it");
+        assert_eq!(m.suspend(None).map(job_of), Ok(Some(job)), "suspend during a stop waits for it");
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         m.resume().unwrap();
         assert!(!m.is_building(), "but does not revive the stopped build");
         let mut m = evaluated();
-        let _ = m.suspend().unwrap();
+        let _ = m.suspend(None).unwrap();
         m.submit_build("g1", None).unwrap();
         assert_eq!(m.stop(), Step::Done);
         m.resume().unwrap();
         assert!(!m.is_building(), "a stop forgets the build submitted while suspended");
-        assert_eq!(m.eval("g2"), Step::Done, "the machine stays usable");
+        assert_eq!(eval(&mut m, "g2"), Step::Done, "the machine stays usable");
     }
 
     #[test]
@@ -764,8 +794,8 @@ mod tests {
 
     #[test]
     fn a_completion_of_the_wrong_kind_fails_the_job() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         drain(&mut m);
         m.handle_finished(JobId(1), Outcome::Built);
         match &drain(&mut m)[..] {
@@ -778,12 +808,115 @@ mod tests {
 
     #[test]
     fn an_uncancelled_job_reporting_cancelled_says_just_cancelled() {
-        let mut m = Machine::new();
-        let _ = m.eval("g1");
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
         drain(&mut m);
         m.handle_finished(JobId(1), Outcome::Failed(JobError::Cancelled(None)));
         assert!(
             matches!(&drain(&mut m)[0], Action::Record(Record::EvalFinished { result: Err(e), .. }) if e == "cancelled")
         );
+    }
+
+    /// The actions after the running build `job` ended cancelled.
+    fn end_cancelled(m: &mut M, job: JobId) -> Vec<Action<String>> {
+        assert!(m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None))));
+        drain(m)
+    }
+
+    fn starts_a_job(actions: &[Action<String>]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::StartEval { .. } | Action::StartBuild { .. }))
+    }
+
+    #[test]
+    fn stop_after_suspend_and_resume_while_the_build_dies_leaves_nothing_running() {
+        // Issue 9, item 1: the suspend's reason used to win, and the build was started
+        // again when the cancelled one ended, after stop() had returned.
+        let (mut m, job) = building();
+        let _ = m.suspend(None).unwrap();
+        m.resume().unwrap();
+        drain(&mut m);
+        assert_eq!(job_of(m.stop()), Some(job));
+        assert_eq!(drain(&mut m), [], "the process is not cancelled twice");
+        assert_eq!(
+            end_cancelled(&mut m, job),
+            [
+                record("g1", Err("cancelled: stopped".into())),
+                Action::Notify(Notification::BuildDone("g1".into()))
+            ],
+            "the stronger reason is recorded, and nothing starts"
+        );
+        assert!(!m.is_building() && !m.is_build_wanted());
+    }
+
+    #[test]
+    fn stop_before_the_suspended_build_ended_forgets_it_for_resume() {
+        // Issue 9, item 2.
+        let (mut m, job) = building();
+        let _ = m.suspend(None).unwrap();
+        assert_eq!(job_of(m.stop()), Some(job));
+        drain(&mut m);
+        assert!(!starts_a_job(&end_cancelled(&mut m, job)));
+        m.resume().unwrap();
+        assert_eq!(drain(&mut m), [], "resume builds nothing wanted before the stop");
+        assert!(!m.is_building());
+    }
+
+    #[test]
+    fn eval_while_a_suspended_build_dies_starts_no_build_of_the_old_generation() {
+        // Issue 9, item 3: the old build used to be started (recorded and notified)
+        // and cancelled again.
+        let (mut m, job) = building();
+        let _ = m.suspend(None).unwrap();
+        m.resume().unwrap();
+        drain(&mut m);
+        let Ok(Step::WaitFor(wait)) = m.eval("g2", &"rs of g2".into(), None) else { panic!("eval waits") };
+        assert_eq!(drain(&mut m), []);
+        assert_eq!(
+            end_cancelled(&mut m, job),
+            [
+                record("g1", Err("cancelled: superseded by generation g2".into())),
+                Action::Notify(Notification::BuildDone("g1".into()))
+            ]
+        );
+        assert_eq!(m.eval("g2", &"rs of g2".into(), Some(wait)), Ok(Step::Done));
+        assert_eq!(started_job(&drain(&mut m)), JobId(3), "the evaluation of g2 is the next job");
+        assert_eq!(m.generation_uuid(), Some("g2"));
+    }
+
+    #[test]
+    fn an_eval_waiting_when_stop_is_called_gives_up_and_a_later_one_proceeds() {
+        let mut m = M::new();
+        let _ = eval(&mut m, "g1");
+        let job = started_job(&drain(&mut m));
+        let Ok(Step::WaitFor(before)) = m.eval("g2", &"rs".into(), None) else { panic!("eval waits") };
+        assert_eq!(job_of(m.stop()), Some(job));
+        let Ok(Step::WaitFor(after)) = m.eval("g3", &"rs".into(), None) else { panic!("eval waits") };
+        drain(&mut m);
+        let ended = end_cancelled(&mut m, job);
+        let err = "cancelled: stopped".to_string();
+        assert_eq!(ended[0], Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err) }));
+        assert_eq!(m.eval("g2", &"rs".into(), Some(before)), Err(Error::Stopped));
+        assert_eq!(drain(&mut m), []);
+        assert_eq!(m.generation_uuid(), Some("g1"), "g2 was never created");
+        assert_eq!(m.eval("g3", &"rs".into(), Some(after)), Ok(Step::Done), "eval after a stop works");
+        assert_eq!(m.generation_uuid(), Some("g3"));
+    }
+
+    #[test]
+    fn a_weaker_reason_never_replaces_a_stronger_one() {
+        let (mut m, job) = building();
+        let _ = m.stop();
+        let _ = eval(&mut m, "g2");
+        let _ = m.suspend(None).unwrap();
+        drain(&mut m);
+        let ended = end_cancelled(&mut m, job);
+        assert_eq!(ended[0], record("g1", Err("cancelled: stopped".into())));
+        let (mut m, job) = building();
+        let _ = m.suspend(None).unwrap();
+        let _ = eval(&mut m, "g2");
+        let ended = end_cancelled(&mut m, job);
+        assert_eq!(ended.last(), Some(&Action::Notify(Notification::BuildDone("g1".into()))));
+        assert_eq!(ended[1], record("g1", Err("cancelled: superseded by generation g2".into())));
+        assert!(!m.is_build_wanted(), "a superseded build is not wanted again");
     }
 }

@@ -4,12 +4,15 @@
 
 include!(concat!(env!("OUT_DIR"), "/genbuild.rs"));
 
-/// Generation eval/build status strings, as on comin's wire.
+/// Generation eval/build status strings, as on comin's wire (the words of
+/// [`EvalStatus`](crate::status::EvalStatus) and [`BuildStatus`](crate::status::BuildStatus)).
 pub mod status {
-    pub const INITIALIZED: &str = "initialized";
-    pub const EVALUATING: &str = "evaluating";
-    pub const EVALUATED: &str = "evaluated";
-    pub const BUILDING: &str = "building";
-    pub const BUILT: &str = "built";
-    pub const FAILED: &str = "failed";
+    use crate::status::{BuildStatus, EvalStatus};
+
+    pub const INITIALIZED: &str = EvalStatus::Initialized.as_str();
+    pub const EVALUATING: &str = EvalStatus::Evaluating.as_str();
+    pub const EVALUATED: &str = EvalStatus::Evaluated.as_str();
+    pub const BUILDING: &str = BuildStatus::Building.as_str();
+    pub const BUILT: &str = BuildStatus::Built.as_str();
+    pub const FAILED: &str = EvalStatus::Failed.as_str();
 }

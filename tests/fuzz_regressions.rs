@@ -2,14 +2,14 @@
 //! it, with a comment naming the bug.
 #![cfg(feature = "fuzzing")]
 
-use genbuild::fuzzing::{check_builder, check_machine, Ending, Op, Target};
+use genbuild::fuzzing::{check_builder, check_machine, JobEnd, Op, Target};
 
 /// Evaluated, submitted and building; then `suspend` races with the build, which
 /// fails (or times out) on its own just before the cancellation lands.
-fn build_ends_on_its_own_during_suspend(ending: Ending) -> Vec<Op> {
+fn build_ends_on_its_own_during_suspend(ending: JobEnd) -> Vec<Op> {
     vec![
-        Op::Eval { cancelled_job_ends: Ending::Cancelled },
-        Op::Complete { job: Target::Running, ending: Ending::Ok { out_path_valid: false } },
+        Op::Eval { cancelled_job_ends: JobEnd::Cancelled },
+        Op::Complete { job: Target::Running, ending: JobEnd::Ok { already_built: false } },
         Op::SubmitCurrent,
         Op::Suspend { cancelled_job_ends: ending },
         Op::Resume,
@@ -23,13 +23,13 @@ fn build_ends_on_its_own_during_suspend(ending: Ending) -> Vec<Op> {
 /// again. DESIGN.md: resume builds what "was cancelled by the suspend".
 #[test]
 fn suspend_does_not_requeue_a_build_that_failed_on_its_own() {
-    check_machine(&build_ends_on_its_own_during_suspend(Ending::Failed));
+    check_machine(&build_ends_on_its_own_during_suspend(JobEnd::Failed));
 }
 
 /// Same bug, with a build that timed out on its own.
 #[test]
 fn suspend_does_not_requeue_a_build_that_timed_out_on_its_own() {
-    check_machine(&build_ends_on_its_own_during_suspend(Ending::TimedOut));
+    check_machine(&build_ends_on_its_own_during_suspend(JobEnd::TimedOut));
 }
 
 /// The same sequence with the cancellation winning (the common case) is correct:
@@ -37,7 +37,7 @@ fn suspend_does_not_requeue_a_build_that_timed_out_on_its_own() {
 /// the machine and on the threaded builder.
 #[test]
 fn suspend_requeues_a_build_it_cancelled() {
-    let ops = build_ends_on_its_own_during_suspend(Ending::Cancelled);
+    let ops = build_ends_on_its_own_during_suspend(JobEnd::Cancelled);
     check_machine(&ops);
     check_builder(&ops);
 }

@@ -3,10 +3,13 @@
 //! the very code the fuzzers run (cargo-fuzz itself needs a nightly-only sanitizer).
 #![cfg(feature = "fuzzing")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
-use genbuild::fuzzing::{check_builder, check_decode, check_machine, seeded_sequences, Op};
+use common::seeded_bytes;
+use genbuild::fuzzing::{check_builder, check_decode, check_machine, Op};
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -24,6 +27,18 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 /// What libfuzzer-sys hands a `|ops: Vec<Op>|` target for these bytes.
 fn ops_of(bytes: &[u8]) -> Vec<Op> {
     Vec::<Op>::arbitrary_take_rest(Unstructured::new(bytes)).unwrap_or_default()
+}
+
+/// `count` sequences of `len` operations, drawn from [`seeded_bytes`] through
+/// [`Unstructured`] as libFuzzer's inputs are.
+fn seeded_sequences(seed: u64, count: usize, len: usize) -> Vec<Vec<Op>> {
+    (0..count as u64)
+        .map(|i| {
+            let bytes = seeded_bytes(seed.wrapping_mul(0x1_0000_0001).wrapping_add(i), len * 16);
+            let mut u = Unstructured::new(&bytes);
+            (0..len).map(|_| Op::arbitrary(&mut u).expect("enough bytes for every operation")).collect()
+        })
+        .collect()
 }
 
 fn replay(target: &str, check: impl Fn(&[u8])) {
@@ -78,7 +93,6 @@ fn seeded_decode_inputs() {
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
-    use genbuild::fuzzing::seeded_bytes;
     use genbuild::proto::{self, event, Generation};
     use prost::Message;
 

@@ -40,8 +40,8 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::executor::EvalOutput;
-use crate::machine::{BuildReason, BuildStatus, EvalStatus, GenerationView};
 use crate::proto::{self, status, Generation, StoreState};
+use crate::status::BuildReason;
 
 /// The generations by uuid, in memory or persisted to a file; share it as `Arc<Store>`.
 ///
@@ -272,24 +272,6 @@ impl Store {
                 }
             }
         });
-    }
-
-    /// What the state machine needs to know of a stored generation.
-    pub(crate) fn view(&self, uuid: &str) -> Option<GenerationView> {
-        let g = self.generation(uuid)?;
-        let eval = match g.eval_status.as_str() {
-            status::EVALUATING => EvalStatus::Evaluating,
-            status::EVALUATED => EvalStatus::Evaluated,
-            status::FAILED => EvalStatus::Failed,
-            _ => EvalStatus::Initialized,
-        };
-        let build = match g.build_status.as_str() {
-            status::BUILDING => BuildStatus::Building,
-            status::BUILT => BuildStatus::Built,
-            status::FAILED => BuildStatus::Failed,
-            _ => BuildStatus::Initialized,
-        };
-        Some(GenerationView { eval, build, drv_path: g.drv_path })
     }
 
     /// The drv paths of the generations kept, for the executor's gc roots.

@@ -179,22 +179,38 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// A seeded xorshift64: the same sequence on every run.
+/// A seeded xorshift64* generator: the same numbers on every machine and every run
+/// (the fuzzers' seed corpus is made of its bytes).
 pub struct XorShift(pub u64);
 
 impl XorShift {
+    /// The generator [`seeded_bytes`] draws from for `seed`.
+    pub fn seeded(seed: u64) -> XorShift {
+        XorShift(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
     pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        // The state must never be zero.
+        let mut x = if self.0 == 0 { 0x2545_F491_4F6C_DD1D } else { self.0 };
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
         self.0 = x;
-        x
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// `len` bytes of [`XorShift::seeded`]`(seed)`.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = XorShift::seeded(seed);
+    let mut bytes: Vec<u8> =
+        std::iter::repeat_with(|| rng.next().to_le_bytes()).take(len.div_ceil(8)).flatten().collect();
+    bytes.truncate(len);
+    bytes
 }
 
 /// The number of threads of this process.

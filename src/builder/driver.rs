@@ -1,0 +1,340 @@
+//! The state every [`Builder`](super::Builder) handle shares, and the commands'
+//! locking and waiting: lock once, feed the machine, perform every action it queued,
+//! unlock.
+//!
+//! This is the one owner of the jobs' bookkeeping (cargo's `JobQueue` is the model):
+//! the jobs report their outcome only through [`Shared::finish`], tagged with their
+//! [`JobId`]; everything else about them (starting, cancelling, joining their
+//! threads) happens here, under the state mutex or right after it.
+//!
+//! A command that must wait for a job (the machine's [`Step::WaitFor`]) waits on the
+//! `job_ended` condition variable, which releases the mutex, and is woken by every
+//! handled completion.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::job_body::{self, Task};
+use super::reentry::{self, BuilderId};
+use super::subscribers::Subscribers;
+use super::BuilderConfig;
+use crate::error::{Error, JobError};
+use crate::executor::{EvalRequest, Executor};
+use crate::job::Job;
+use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step};
+use crate::proto::{self, event, log_line};
+use crate::status::{BuildStatus, EvalStatus};
+use crate::store::{NewGeneration, Store};
+
+/// The sending and receiving ends of a notification channel.
+pub(super) struct Channel<T> {
+    pub(super) tx: Sender<T>,
+    pub(super) rx: Receiver<T>,
+}
+
+impl<T> Channel<T> {
+    fn unbounded() -> Channel<T> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Channel { tx, rx }
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) id: BuilderId,
+    pub(super) config: BuilderConfig,
+    pub(super) store: Arc<Store>,
+    pub(super) executor: Arc<dyn Executor>,
+    pub(super) state: Mutex<State>,
+    /// Signalled whenever a job's completion has been handled.
+    job_ended: Condvar,
+    pub(super) evaluation_done: Channel<String>,
+    pub(super) build_done: Channel<String>,
+    pub(super) subscribers: Arc<Subscribers>,
+}
+
+pub(super) struct State {
+    pub(super) machine: Machine<proto::RepositoryStatus>,
+    /// Every job started whose thread has not been joined yet.
+    jobs: HashMap<JobId, Job>,
+    /// Calls blocked in [`Shared::wait_for`].
+    pub(super) waiting_calls: usize,
+}
+
+impl Shared {
+    pub(super) fn new(config: BuilderConfig, store: Arc<Store>, executor: Arc<dyn Executor>) -> Shared {
+        Shared {
+            id: BuilderId::new(),
+            subscribers: Arc::new(Subscribers::new(config.subscriber_backlog_bytes)),
+            config,
+            store,
+            executor,
+            state: Mutex::new(State { machine: Machine::new(), jobs: HashMap::new(), waiting_calls: 0 }),
+            job_ended: Condvar::new(),
+            evaluation_done: Channel::unbounded(),
+            build_done: Channel::unbounded(),
+        }
+    }
+
+    /// Refuses a call that would wait for the job of this builder it is made from.
+    fn refuse_inside_job(&self, method: &'static str) -> Result<(), Error> {
+        match reentry::own_job(self.id) {
+            Some(_) => Err(Error::CalledFromJob { method }),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn eval(self: &Arc<Self>, rs: &proto::RepositoryStatus) -> Result<String, Error> {
+        self.refuse_inside_job("eval")?;
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let mut state = self.state.lock();
+        let mut waited = None;
+        loop {
+            let step = state.machine.eval(&uuid, rs, waited);
+            self.perform(&mut state);
+            match step? {
+                Step::Done => return Ok(uuid),
+                Step::WaitFor(wait) => {
+                    self.wait_for(&mut state, wait.job);
+                    waited = Some(wait);
+                }
+            }
+        }
+    }
+
+    pub(super) fn submit_build(self: &Arc<Self>, uuid: &str) -> Result<(), Error> {
+        let mut state = self.state.lock();
+        let stored = self.store.generation(uuid).map(|g| GenerationView {
+            // A status that is none of comin's words is taken for the first one.
+            eval: g.eval_status.parse().unwrap_or(EvalStatus::Initialized),
+            build: g.build_status.parse().unwrap_or(BuildStatus::Initialized),
+            drv_path: g.drv_path,
+        });
+        let result = state.machine.submit_build(uuid, stored);
+        self.perform(&mut state);
+        result
+    }
+
+    pub(super) fn suspend(self: &Arc<Self>) -> Result<(), Error> {
+        self.refuse_inside_job("suspend")?;
+        let mut state = self.state.lock();
+        let mut waited = None;
+        loop {
+            let step = state.machine.suspend(waited);
+            self.perform(&mut state);
+            match step? {
+                Step::Done => return Ok(()),
+                Step::WaitFor(wait) => {
+                    self.wait_for(&mut state, wait.job);
+                    waited = Some(wait);
+                }
+            }
+        }
+    }
+
+    pub(super) fn resume(self: &Arc<Self>) -> Result<(), Error> {
+        let mut state = self.state.lock();
+        let result = state.machine.resume();
+        self.perform(&mut state);
+        result
+    }
+
+    /// Cancels everything and waits until the running job ended, unless it is the
+    /// caller's own; then joins the threads of the jobs that ended.
+    pub(super) fn stop(self: &Arc<Self>) {
+        let own = reentry::own_job(self.id);
+        let ended: Vec<Job> = {
+            let mut state = self.state.lock();
+            let step = state.machine.stop();
+            self.perform(&mut state);
+            if let Step::WaitFor(wait) = step {
+                if own != Some(wait.job) {
+                    self.wait_for(&mut state, wait.job);
+                }
+            }
+            let running = state.machine.running_job().map(|(id, _)| id);
+            let ended: Vec<JobId> =
+                state.jobs.keys().copied().filter(|&id| Some(id) != running && Some(id) != own).collect();
+            ended.iter().filter_map(|id| state.jobs.remove(id)).collect()
+        };
+        // Their completions were handled: the threads are returning, joining is quick.
+        for mut job in ended {
+            job.wait();
+        }
+    }
+
+    pub(super) fn state(&self) -> proto::Builder {
+        let state = self.state.lock();
+        let machine = &state.machine;
+        let uuid = machine.generation_uuid().unwrap_or_default().to_string();
+        proto::Builder {
+            is_evaluating: Some(machine.is_evaluating()),
+            is_building: Some(machine.is_building()),
+            generation: self.store.generation(&uuid),
+            generation_uuid: uuid,
+            is_suspended: Some(machine.is_suspended()),
+            hostname: self.config.hostname.clone(),
+            last_error: self.store.last_error().unwrap_or_default(),
+            build_progress: machine.is_building().then(|| self.subscribers.latest_progress()).flatten(),
+        }
+    }
+
+    /// Hands a job's outcome to the machine; called on the job's thread when it ends.
+    pub(super) fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) {
+        let mut state = self.state.lock();
+        state.machine.handle_finished(job, outcome);
+        self.perform(&mut state);
+        self.job_ended.notify_all();
+    }
+
+    /// Until job `job` is no longer running (its completion has been handled).
+    fn wait_for(&self, state: &mut MutexGuard<'_, State>, job: JobId) {
+        state.waiting_calls += 1;
+        while state.machine.running_job().is_some_and(|(running, _)| running == job) {
+            self.job_ended.wait(state);
+        }
+        state.waiting_calls -= 1;
+    }
+
+    /// Performs every queued action of the machine, in order.
+    fn perform(self: &Arc<Self>, state: &mut State) {
+        let mut failed_to_start = Vec::new();
+        loop {
+            while let Some(action) = state.machine.poll_action() {
+                match action {
+                    Action::StartEval { job, uuid, request } => {
+                        let task = Task::Eval(self.eval_request(&request));
+                        self.start(state, job, task, uuid, &mut failed_to_start);
+                    }
+                    Action::StartBuild { job, uuid, drv_path } => {
+                        self.start(state, job, Task::Build { drv_path }, uuid, &mut failed_to_start);
+                    }
+                    Action::Cancel { job, reason } => {
+                        if let Some(running) = state.jobs.get(&job) {
+                            running.cancel(reason);
+                        }
+                    }
+                    Action::Record(record) => self.record(record),
+                    Action::Notify(Notification::EvaluationDone(uuid)) => {
+                        let _ = self.evaluation_done.tx.send(uuid);
+                    }
+                    Action::Notify(Notification::BuildDone(uuid)) => {
+                        let _ = self.build_done.tx.send(uuid);
+                    }
+                }
+            }
+            let Some((job, error)) = failed_to_start.pop() else { break };
+            state.machine.handle_finished(job, Outcome::Failed(error));
+            self.job_ended.notify_all();
+        }
+    }
+
+    fn eval_request(&self, rs: &proto::RepositoryStatus) -> EvalRequest {
+        EvalRequest {
+            repository_path: self.config.repository_path.clone(),
+            repository_subdir: self.config.repository_subdir.clone(),
+            commit_id: rs.selected_commit_id.clone(),
+            system_attr: self.config.system_attr.clone(),
+            hostname: self.config.hostname.clone(),
+            submodules: self.config.submodules,
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        state: &mut State,
+        id: JobId,
+        task: Task,
+        uuid: String,
+        failed_to_start: &mut Vec<(JobId, JobError)>,
+    ) {
+        // Finished jobs are joined here; their threads have returned, so this does
+        // not block.
+        state.jobs.retain(|_, job| !job.is_finished());
+        let (phase, timeout, grace) = match task {
+            Task::Eval(_) => {
+                (log_line::Phase::Eval, self.config.eval_timeout, self.config.process.eval_kill_grace)
+            }
+            Task::Build { .. } => {
+                (log_line::Phase::Build, self.config.build_timeout, self.config.process.kill_grace)
+            }
+        };
+        let logs = self.subscribers.log_sink(id, uuid, phase);
+        let mut job = job_body::job(self, id, task, timeout, grace, logs);
+        job.start();
+        if job.is_finished() {
+            if let Some(error) = job.error() {
+                // The thread did not start: on_finished will never run.
+                failed_to_start.push((id, error.clone()));
+                return;
+            }
+        }
+        state.jobs.insert(id, job);
+    }
+
+    /// Writes a record to the store and publishes it to the subscribers.
+    fn record(&self, record: Record<proto::RepositoryStatus>) {
+        let store = &self.store;
+        let (uuid, kind): (String, fn(proto::Generation) -> event::Kind) = match record {
+            Record::EvalStarted { uuid, request } => {
+                let config = &self.config;
+                let new = NewGeneration {
+                    uuid: &uuid,
+                    hostname: &config.hostname,
+                    repository_path: &config.repository_path.to_string_lossy(),
+                    repository_subdir: &config.repository_subdir,
+                    system_attr: &config.system_attr,
+                };
+                store.generation_eval_started(new, &request);
+                (uuid, |g| event::Kind::EvalStarted(proto::EvalStarted { generation: Some(g) }))
+            }
+            Record::EvalFinished { uuid, result } => {
+                store.generation_eval_finished(&uuid, &result);
+                self.subscribers.job_ended(&uuid);
+                (uuid, |g| event::Kind::EvalFinished(proto::EvalFinished { generation: Some(g) }))
+            }
+            Record::BuildStarted { uuid, reason } => {
+                store.generation_build_started(&uuid, reason);
+                (uuid, |g| event::Kind::BuildStarted(proto::BuildStarted { generation: Some(g) }))
+            }
+            Record::BuildFinished { uuid, result } => {
+                store.generation_build_finished(&uuid, &result);
+                self.subscribers.job_ended(&uuid);
+                (uuid, |g| event::Kind::BuildFinished(proto::BuildFinished { generation: Some(g) }))
+            }
+        };
+        let generation =
+            store.generation(&uuid).unwrap_or_else(|| proto::Generation { uuid, ..Default::default() });
+        self.subscribers.lifecycle(kind(generation));
+    }
+}
+
+impl Drop for Shared {
+    /// Joins the threads of the jobs left, except the one this runs on: when a job
+    /// drops the builder's last handle, the builder goes with the job's end, on the
+    /// job's own thread, which a reaper thread joins instead.
+    fn drop(&mut self) {
+        let own = reentry::own_job(self.id);
+        for (id, job) in self.state.get_mut().jobs.drain() {
+            if Some(id) != own {
+                drop(job);
+                continue;
+            }
+            // The job goes to the reaper over a channel, so that it stays here (and is
+            // left detached) if the reaper cannot start.
+            let (handover, job_to_reap) = crossbeam_channel::bounded::<Job>(1);
+            let reaper = std::thread::Builder::new()
+                .name("genbuild-reaper".into())
+                .spawn(move || drop(job_to_reap.recv()));
+            match reaper {
+                Ok(_) => drop(handover.send(job)),
+                Err(e) => {
+                    log::warn!("cannot start a thread to join a dropped builder's last job ({e}); it is left detached");
+                    std::mem::forget(job);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What a builder's job does on its thread, and how it reports back.
+//!
+//! A job runs one [`Task`] as its [`Work`](crate::Work): it asks the executor, and for
+//! an evaluation also whether the output is already built. Its outcome reaches the
+//! driver through the job's `on_finished` hook, which runs on the job's thread even
+//! when the executor panicked (the job catches the panic once): a started job always
+//! ends with its notification. Both run marked as this builder's job (`reentry`), so
+//! that a call from the executor back into the builder is recognised.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::driver::Shared;
+use super::reentry;
+use crate::error::JobError;
+use crate::executor::{EvalRequest, Executor};
+use crate::job::{Job, JobContext, LogSink};
+use crate::machine::{JobId, Outcome};
+use crate::store::Store;
+
+/// What a job does.
+pub(super) enum Task {
+    /// Evaluate a commit.
+    Eval(EvalRequest),
+    /// Build a derivation.
+    Build { drv_path: String },
+}
+
+impl Task {
+    fn run(&self, executor: &dyn Executor, store: &Store, ctx: &JobContext) -> Result<Outcome, JobError> {
+        match self {
+            Task::Eval(req) => {
+                executor.release_unused(&store.live_drv_paths(), ctx);
+                let output = executor.eval(req, ctx)?;
+                if output.drv_path.is_empty() || output.out_path.is_empty() {
+                    return Err(JobError::Failed(format!(
+                        "the evaluation returned an empty derivation or output path ({output:?})"
+                    )));
+                }
+                let already_built = executor.is_built(&output, ctx);
+                Ok(Outcome::Evaluated { output, already_built })
+            }
+            Task::Build { drv_path } => executor.build(drv_path, ctx).map(|()| Outcome::Built),
+        }
+    }
+}
+
+/// The job `id` of `shared`'s builder running `task`, not started yet.
+pub(super) fn job(
+    shared: &Arc<Shared>,
+    id: JobId,
+    task: Task,
+    timeout: Duration,
+    kill_grace: Duration,
+    logs: LogSink,
+) -> Job {
+    let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
+    let work = {
+        // Only `on_finished` holds the builder strongly (see the comment there), so
+        // that its last reference cannot go with the work, unmarked.
+        let (builder, outcome) = (Arc::downgrade(shared), outcome.clone());
+        let builder_id = shared.id;
+        move |ctx: &JobContext| {
+            let _inside = reentry::enter(builder_id, id);
+            let shared = builder.upgrade().expect("on_finished holds the builder until the job ends");
+            *outcome.lock() = Some(task.run(&*shared.executor, &shared.store, ctx)?);
+            Ok(())
+        }
+    };
+    let on_finished = {
+        let shared = shared.clone();
+        move |result: &Result<(), JobError>| {
+            let _inside = reentry::enter(shared.id, id);
+            let outcome = match result {
+                Ok(()) => outcome.lock().take().expect("a job that succeeded left its outcome"),
+                Err(e) => Outcome::Failed(e.clone()),
+            };
+            shared.finish(id, outcome);
+            // If the last handle was dropped by this job, this is the builder's last
+            // reference: it must go while the thread is still marked as the job's, so
+            // that the builder does not join this very thread (see `Shared`'s Drop).
+            drop(shared);
+        }
+    };
+    Job::new(work, timeout)
+        .with_options(shared.config.process.clone())
+        .with_kill_grace(kill_grace)
+        .with_log_sink(logs)
+        .with_gc_root_owner(shared.store.id())
+        .on_finished(on_finished)
+}

@@ -1,0 +1,591 @@
+//! The checker acting as the driver of the private state machine.
+//!
+//! It performs every action the way the threaded driver does, keeping its own store
+//! and job table from the actions alone, and compares what it saw with the
+//! reference. A call that waits for a job is either settled at once (the job ends,
+//! the call is made again) or, in a race, kept blocked while the next calls are made.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use super::reference::{
+    fake_failure, fake_output, Blocked, Ev, Kind, Reference, Reply, Text, BUILT, FAKE_TIMEOUT,
+};
+use super::{error_mismatch, Call, JobEnd, Op, Target};
+use crate::machine::{
+    Action, GenerationView, JobId, JobKind, Machine, Notification, Outcome, Record, Step, Wait,
+};
+use crate::status::{BuildStatus, EvalStatus};
+use crate::{CancelReason, Error, JobError};
+
+/// A generation as the driver's store holds it, built from `Record` actions only.
+#[derive(Debug, Clone)]
+struct Stored {
+    eval: EvalStatus,
+    build: BuildStatus,
+    drv_path: String,
+    /// The evaluation request (the fake executor's key) it was created with.
+    key: String,
+}
+
+/// The started job not yet ended, as the driver tracks it from the actions.
+#[derive(Debug, Clone)]
+struct RunningJob {
+    id: JobId,
+    kind: JobKind,
+    uuid: String,
+    key: String,
+}
+
+/// A machine command that returned [`Step::WaitFor`] and is made again once the
+/// job ended.
+#[derive(Debug)]
+enum Pending {
+    Eval { uuid: String, key: String, wait: Wait },
+    Suspend(Wait),
+    Stop(Wait),
+}
+
+impl Pending {
+    fn job(&self) -> JobId {
+        match self {
+            Pending::Eval { wait, .. } | Pending::Suspend(wait) | Pending::Stop(wait) => wait.job,
+        }
+    }
+}
+
+/// What a call did: the command it left waiting (with the reference's view of it), or
+/// its result and the reference's.
+struct Called {
+    pending: Option<(Pending, Blocked)>,
+    result: Result<(), Error>,
+    expected: Result<(), Error>,
+}
+
+impl Called {
+    fn returned(result: Result<(), Error>, expected: Result<(), Error>) -> Called {
+        Called { pending: None, result, expected }
+    }
+}
+
+struct MachineDriver {
+    machine: Machine<String>,
+    reference: Reference,
+    running: Option<RunningJob>,
+    /// The reason of the `Cancel` action seen for the running job.
+    cancelled: Option<CancelReason>,
+    ended: Vec<JobId>,
+    seen_jobs: HashSet<JobId>,
+    store: HashMap<String, Stored>,
+    /// Every uuid handed to `eval`, created or not.
+    uuids: Vec<String>,
+    /// The generation created last.
+    newest: Option<String>,
+    /// A `stop` was called and no build was asked for since.
+    stopped: bool,
+    step: usize,
+    op: Op,
+}
+
+impl MachineDriver {
+    fn fail(&self, rule: &str, detail: impl fmt::Display) -> ! {
+        panic!("rule violated: {rule}\n  at step {} ({:?})\n  {detail}", self.step, self.op)
+    }
+
+    /// Performs every queued action, checking the driver-level invariants, and returns
+    /// them as events. `finished`: the job whose completion was just handled, which
+    /// must yield exactly one notification here; commands yield none of their own.
+    fn drain(&mut self, finished: Option<&RunningJob>) -> Vec<Ev> {
+        let mut evs = Vec::new();
+        let mut notifications = 0;
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::StartEval { job, uuid, request } => {
+                    if evs.last() != Some(&Ev::EvalStarted(uuid.clone())) {
+                        self.fail("an evaluation is recorded as started before it starts", &uuid);
+                    }
+                    if self.stored(&uuid).key != request {
+                        self.fail("an evaluation evaluates what eval() was given", &request);
+                    }
+                    self.started(job, JobKind::Eval, &uuid, request);
+                    evs.push(Ev::StartEval(uuid));
+                }
+                Action::StartBuild { job, uuid, drv_path } => {
+                    if self.machine.is_suspended() {
+                        self.fail("no build starts while suspended", &uuid);
+                    }
+                    if self.machine.generation_uuid() != Some(uuid.as_str()) {
+                        self.fail("only the current generation is built", &uuid);
+                    }
+                    let stored = self.stored(&uuid);
+                    if stored.eval != EvalStatus::Evaluated || stored.drv_path != drv_path {
+                        self.fail("only an evaluated generation is built", format!("{uuid}: {stored:?}"));
+                    }
+                    if evs.last() != Some(&Ev::BuildStarted(uuid.clone(), crate::BUILD_REASON_NEED_BUILD)) {
+                        self.fail("a build is recorded as started before it starts", &uuid);
+                    }
+                    self.started(job, JobKind::Build, &uuid, stored.key);
+                    evs.push(Ev::StartBuild(uuid, drv_path));
+                }
+                Action::Cancel { job, reason } => {
+                    let Some(running) = self.running.clone() else {
+                        self.fail("only a running job is cancelled", format!("{job:?} while none runs"))
+                    };
+                    if running.id != job {
+                        self.fail(
+                            "only a running job is cancelled",
+                            format!("{job:?} while {running:?} runs"),
+                        );
+                    }
+                    if self.cancelled.is_some() {
+                        self.fail(
+                            "a job's processes are cancelled once",
+                            format!("{job:?} again for {reason:?}"),
+                        );
+                    }
+                    self.cancelled = Some(reason);
+                    evs.push(Ev::Cancel(running.uuid));
+                }
+                Action::Record(record) => evs.push(self.apply_record(record)),
+                Action::Notify(n) => {
+                    notifications += 1;
+                    let Some(job) = finished else {
+                        self.fail("only a job's end notifies", format!("{n:?} from a command"))
+                    };
+                    let names_its_job = match (&n, job.kind) {
+                        (Notification::EvaluationDone(u), JobKind::Eval) => *u == job.uuid,
+                        (Notification::BuildDone(u), _) => *u == job.uuid,
+                        _ => false,
+                    };
+                    if !names_its_job {
+                        self.fail(
+                            "a notification names the generation whose job ended",
+                            format!("{n:?} for {job:?}"),
+                        );
+                    }
+                    evs.push(match n {
+                        Notification::EvaluationDone(u) => Ev::EvaluationDone(u),
+                        Notification::BuildDone(u) => Ev::BuildDone(u),
+                    });
+                }
+            }
+        }
+        if finished.is_some() && notifications != 1 {
+            self.fail(
+                "every job ends with exactly one notification",
+                format!("{finished:?} gave {notifications}"),
+            );
+        }
+        evs
+    }
+
+    fn started(&mut self, id: JobId, kind: JobKind, uuid: &str, key: String) {
+        if let Some(r) = &self.running {
+            self.fail("at most one job runs", format!("{kind:?} {id:?} started while {r:?} runs"));
+        }
+        if !self.seen_jobs.insert(id) {
+            self.fail("job ids are never reused", format!("{id:?}"));
+        }
+        if self.newest.as_deref() != Some(uuid) {
+            self.fail(
+                "no job of a generation starts once a newer one was created",
+                format!("{kind:?} of {uuid} while the newest is {:?}", self.newest),
+            );
+        }
+        self.running = Some(RunningJob { id, kind, uuid: uuid.to_string(), key });
+        self.cancelled = None;
+    }
+
+    fn apply_record(&mut self, record: Record<String>) -> Ev {
+        let text = |r: Result<(), String>| r.map_err(Text::Exact);
+        match record {
+            Record::EvalStarted { uuid, request } => {
+                let g = Stored {
+                    eval: EvalStatus::Evaluating,
+                    build: BuildStatus::Initialized,
+                    drv_path: "".into(),
+                    key: request,
+                };
+                if self.store.insert(uuid.clone(), g).is_some() {
+                    self.fail("a generation is created once", &uuid);
+                }
+                self.newest = Some(uuid.clone());
+                Ev::EvalStarted(uuid)
+            }
+            Record::EvalFinished { uuid, result } => {
+                let g = self.stored(&uuid);
+                if g.eval != EvalStatus::Evaluating {
+                    self.fail(
+                        "an evaluation finishes once, after it started",
+                        format!("{uuid}: {:?}", g.eval),
+                    );
+                }
+                let g = self.store.get_mut(&uuid).expect("checked above");
+                match &result {
+                    Ok(output) => {
+                        g.eval = EvalStatus::Evaluated;
+                        g.drv_path = output.drv_path.clone();
+                    }
+                    Err(_) => g.eval = EvalStatus::Failed,
+                }
+                Ev::EvalFinished(uuid, result.map_err(Text::Exact))
+            }
+            Record::BuildStarted { uuid, reason } => {
+                let g = self.stored(&uuid);
+                if g.eval != EvalStatus::Evaluated
+                    || g.build == BuildStatus::Built
+                    || g.build == BuildStatus::Building
+                {
+                    self.fail(
+                        "a build starts only of an evaluated, unbuilt generation",
+                        format!("{uuid}: {g:?}"),
+                    );
+                }
+                self.store.get_mut(&uuid).expect("checked above").build = BuildStatus::Building;
+                Ev::BuildStarted(uuid, reason.as_str())
+            }
+            Record::BuildFinished { uuid, result } => {
+                if self.stored(&uuid).build != BuildStatus::Building {
+                    self.fail("a build finishes once, after it started", &uuid);
+                }
+                let built = if result.is_ok() { BuildStatus::Built } else { BuildStatus::Failed };
+                self.store.get_mut(&uuid).expect("checked above").build = built;
+                Ev::BuildFinished(uuid, text(result))
+            }
+        }
+    }
+
+    fn stored(&self, uuid: &str) -> Stored {
+        match self.store.get(uuid) {
+            Some(g) => g.clone(),
+            None => self.fail("records are about created generations", uuid),
+        }
+    }
+
+    /// Hands the running job's end to the machine, as the job would.
+    fn finish_running(&mut self, ending: JobEnd, wrong_kind: bool) -> Vec<Ev> {
+        let job = self.running.clone().expect("a running job");
+        let outcome = match (ending, job.kind == JobKind::Eval) {
+            (JobEnd::Ok { already_built }, is_eval) if is_eval != wrong_kind => {
+                Outcome::Evaluated { output: fake_output(&job.key, already_built), already_built }
+            }
+            (JobEnd::Ok { .. }, _) => Outcome::Built,
+            (JobEnd::Failed, _) => Outcome::Failed(JobError::Failed(fake_failure(&job.key))),
+            (JobEnd::TimedOut, _) => Outcome::Failed(JobError::TimedOut(FAKE_TIMEOUT)),
+            (JobEnd::Cancelled, _) => Outcome::Failed(JobError::Cancelled(self.cancelled.clone())),
+        };
+        if !self.machine.handle_finished(job.id, outcome) {
+            self.fail("the running job's completion is accepted", format!("{job:?}"));
+        }
+        self.running = None;
+        self.ended.push(job.id);
+        self.drain(Some(&job))
+    }
+
+    /// Makes `call`, on the machine and on the reference; returns the machine's
+    /// pending command if it must wait, and the results to compare otherwise.
+    fn call(&mut self, call: Call, evs: &mut Vec<Ev>) -> Called {
+        let (pending, result, reply) = match call {
+            Call::Eval => {
+                let uuid = format!("gen-{}", self.uuids.len());
+                let key = format!("key{}", self.uuids.len());
+                self.uuids.push(uuid.clone());
+                let reply = self.reference.eval(&uuid, &key);
+                match self.machine.eval(&uuid, &key, None) {
+                    Ok(Step::WaitFor(wait)) => (Some(Pending::Eval { uuid, key, wait }), Ok(()), reply),
+                    Ok(Step::Done) => {
+                        self.stopped = false;
+                        (None, Ok(()), reply)
+                    }
+                    Err(e) => (None, Err(e), reply),
+                }
+            }
+            Call::SubmitCurrent => {
+                let uuid =
+                    self.machine.generation_uuid().map_or(format!("unknown-{}", self.step), str::to_string);
+                return self.submit(&uuid, evs);
+            }
+            Call::Suspend => {
+                let reply = self.reference.suspend();
+                match self.machine.suspend(None) {
+                    Ok(Step::WaitFor(wait)) => (Some(Pending::Suspend(wait)), Ok(()), reply),
+                    Ok(Step::Done) => (None, Ok(()), reply),
+                    Err(e) => (None, Err(e), reply),
+                }
+            }
+            Call::Resume => {
+                let expected = self.reference.resume();
+                let result = self.machine.resume();
+                let drained = self.drain(None);
+                if self.stopped && drained.iter().any(|ev| matches!(ev, Ev::StartBuild(..))) {
+                    self.fail("a resume after a stop starts nothing", format!("{drained:?}"));
+                }
+                evs.extend(drained);
+                return Called::returned(result, expected);
+            }
+            Call::Stop => {
+                self.stopped = true;
+                let reply = self.reference.stop();
+                match self.machine.stop() {
+                    Step::WaitFor(wait) => (Some(Pending::Stop(wait)), Ok(()), reply),
+                    Step::Done => {
+                        evs.extend(self.drain(None));
+                        self.check_stopped();
+                        (None, Ok(()), reply)
+                    }
+                }
+            }
+        };
+        evs.extend(self.drain(None));
+        match (pending, reply) {
+            (Some(pending), Reply::Blocked(blocked)) => {
+                let job = pending.job();
+                match &self.running {
+                    Some(r) if r.id == job => {}
+                    r => self.fail(
+                        "a command waits only for the running job",
+                        format!("{job:?} while {r:?} runs"),
+                    ),
+                }
+                if self.cancelled.is_none() {
+                    self.fail("a command waits only for a job it cancelled", format!("{job:?}"));
+                }
+                Called { pending: Some((pending, blocked)), result: Ok(()), expected: Ok(()) }
+            }
+            (None, Reply::Returned(expected)) => Called::returned(result, expected),
+            (pending, reply) => self.fail(
+                "a call waits exactly when it cancels the running job",
+                format!("{call:?}: machine {pending:?}, reference {reply:?}"),
+            ),
+        }
+    }
+
+    fn submit(&mut self, uuid: &str, evs: &mut Vec<Ev>) -> Called {
+        let stored = self.store.get(uuid).map(|g| GenerationView {
+            eval: g.eval,
+            build: g.build,
+            drv_path: g.drv_path.clone(),
+        });
+        let result = self.machine.submit_build(uuid, stored);
+        evs.extend(self.drain(None));
+        if result.is_ok() {
+            self.stopped = false;
+        }
+        Called::returned(result, self.reference.submit_build(uuid))
+    }
+
+    /// A blocked call, once the job it waited for ended.
+    fn unblock(&mut self, pending: Pending, blocked: Blocked, evs: &mut Vec<Ev>) {
+        let expected = self.reference.unblock(blocked);
+        let result = match pending {
+            Pending::Eval { uuid, key, wait } => match self.machine.eval(&uuid, &key, Some(wait)) {
+                Ok(Step::Done) => {
+                    self.stopped = false;
+                    Ok(())
+                }
+                Ok(Step::WaitFor(wait)) => self.fail(
+                    "no job of a generation starts once a newer one was asked for",
+                    format!("eval of {uuid} waits again, for {:?}", wait.job),
+                ),
+                Err(e) => Err(e),
+            },
+            Pending::Suspend(wait) => match self.machine.suspend(Some(wait)) {
+                Ok(Step::Done) => Ok(()),
+                other => self.fail("a suspend waits for one job at most", format!("{other:?}")),
+            },
+            Pending::Stop(_) => Ok(()),
+        };
+        evs.extend(self.drain(None));
+        if let Some((rule, detail)) = error_mismatch(&result, &expected) {
+            self.fail(rule, detail);
+        }
+    }
+
+    /// What holds when `stop` returns (before any later call took effect).
+    fn check_stopped(&self) {
+        if self.machine.running_job().is_some() || self.machine.is_build_wanted() {
+            self.fail(
+                "when stop() returns nothing runs and nothing is wanted",
+                format!(
+                    "running {:?}, build wanted {}",
+                    self.machine.running_job(),
+                    self.machine.is_build_wanted()
+                ),
+            );
+        }
+    }
+
+    /// Ends the dying job with `ending`, then makes the blocked calls again, in order.
+    fn end_dying_job(&mut self, blocked: Vec<(Pending, Blocked)>, ending: JobEnd, evs: &mut Vec<Ev>) {
+        if blocked.is_empty() {
+            return;
+        }
+        evs.extend(self.finish_running(ending, false));
+        self.reference.finish(ending, false);
+        if blocked.iter().any(|(p, _)| matches!(p, Pending::Stop(_))) {
+            self.check_stopped();
+        }
+        for (pending, blocked) in blocked {
+            self.unblock(pending, blocked, evs);
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        let mut evs = Vec::new();
+        let mut results = (Ok(()), Ok(()));
+        match op {
+            Op::Eval { cancelled_job_ends: ending } => results = self.settle(Call::Eval, ending, &mut evs),
+            Op::Suspend { cancelled_job_ends: ending } => {
+                results = self.settle(Call::Suspend, ending, &mut evs)
+            }
+            Op::Stop { cancelled_job_ends: ending } => results = self.settle(Call::Stop, ending, &mut evs),
+            Op::Resume => results = self.settle(Call::Resume, JobEnd::Cancelled, &mut evs),
+            Op::SubmitCurrent => results = self.settle(Call::SubmitCurrent, JobEnd::Cancelled, &mut evs),
+            Op::SubmitStale(back) => {
+                let uuid = self.uuids.iter().rev().nth(1 + back as usize % 4).cloned();
+                let uuid = uuid.unwrap_or_else(|| format!("unknown-{}", self.step));
+                let called = self.submit(&uuid, &mut evs);
+                results = (called.result, called.expected);
+            }
+            Op::SubmitUnknown => {
+                let called = self.submit(&format!("unknown-{}", self.step), &mut evs);
+                results = (called.result, called.expected);
+            }
+            Op::Complete { job, ending } => self.complete(job, ending, &mut evs),
+            Op::Race { calls, cancelled_job_ends } => {
+                let mut blocked = Vec::new();
+                for call in Op::race_calls(&calls) {
+                    let called = self.call(call, &mut evs);
+                    if let Some((rule, detail)) = error_mismatch(&called.result, &called.expected) {
+                        self.fail(rule, detail);
+                    }
+                    blocked.extend(called.pending);
+                }
+                self.end_dying_job(blocked, cancelled_job_ends, &mut evs);
+            }
+        }
+        let expected = self.reference.take_evs();
+        if evs != expected {
+            self.fail(
+                "the machine does what the documented semantics say",
+                format!("expected {expected:#?}\n  got {evs:#?}"),
+            );
+        }
+        if let Some((rule, detail)) = error_mismatch(&results.0, &results.1) {
+            self.fail(rule, detail);
+        }
+        self.check_state();
+    }
+
+    /// Makes `call`; if it waits, its job ends with `ending` and the call is made
+    /// again, as a lone caller's would be.
+    fn settle(
+        &mut self,
+        call: Call,
+        ending: JobEnd,
+        evs: &mut Vec<Ev>,
+    ) -> (Result<(), Error>, Result<(), Error>) {
+        let called = self.call(call, evs);
+        let Some((pending, blocked)) = called.pending else { return (called.result, called.expected) };
+        let is_stop = matches!(pending, Pending::Stop(_));
+        evs.extend(self.finish_running(ending, false));
+        self.reference.finish(ending, false);
+        if is_stop {
+            self.check_stopped();
+        }
+        self.unblock(pending, blocked, evs);
+        (Ok(()), Ok(()))
+    }
+
+    fn complete(&mut self, job: Target, ending: JobEnd, evs: &mut Vec<Ev>) {
+        let stale = match job {
+            Target::Running | Target::WrongKind if self.running.is_some() => None,
+            Target::Stale(back) if !self.ended.is_empty() => {
+                Some(self.ended[self.ended.len() - 1 - back as usize % self.ended.len()])
+            }
+            Target::Unknown(n) => Some(JobId(u64::MAX - n as u64)),
+            _ => Some(JobId(u64::MAX / 2)),
+        };
+        match stale {
+            None => {
+                evs.extend(self.finish_running(ending, job == Target::WrongKind));
+                self.reference.finish(ending, job == Target::WrongKind);
+            }
+            Some(id) => {
+                let outcome = Outcome::Failed(JobError::Failed("late".into()));
+                if self.machine.handle_finished(id, outcome) {
+                    self.fail("a completion of a job that is not running is ignored", format!("{id:?}"));
+                }
+                evs.extend(self.drain(None));
+            }
+        }
+    }
+
+    fn check_state(&self) {
+        let r = &self.reference;
+        let m = &self.machine;
+        let want = (r.is_running(Kind::Eval), r.is_running(Kind::Build), r.suspended);
+        let got = (m.is_evaluating(), m.is_building(), m.is_suspended());
+        if want != got {
+            self.fail("is_evaluating, is_building, is_suspended", format!("expected {want:?}, got {got:?}"));
+        }
+        if m.generation_uuid() != r.current.as_ref().map(|g| g.uuid.as_str()) {
+            self.fail(
+                "the current generation",
+                format!("expected {:?}, got {:?}", r.current, m.generation_uuid()),
+            );
+        }
+        if m.running_job().map(|(id, _)| id) != self.running.as_ref().map(|r| r.id) {
+            self.fail("the running job is the last one started", format!("{:?}", m.running_job()));
+        }
+        // Once built, a wanted build is moot: the flag is not compared.
+        let built = r.current.as_ref().is_some_and(|g| g.build == BUILT);
+        let wanted = r.current.as_ref().is_some_and(|g| g.wanted);
+        if !built && m.is_build_wanted() != wanted {
+            self.fail(
+                "a build is wanted exactly when submitted while suspended or cancelled by a suspend alone",
+                wanted,
+            );
+        }
+        if let Some(g) = &r.current {
+            let stored = self.stored(&g.uuid);
+            let statuses = (stored.eval.as_str(), stored.build.as_str());
+            if statuses != (g.eval, g.build) {
+                self.fail(
+                    "the current generation's statuses",
+                    format!("expected {:?}, got {statuses:?}", (g.eval, g.build)),
+                );
+            }
+        }
+    }
+}
+
+/// Applies `ops` to the state machine, acting as its driver, and panics, naming the
+/// rule, on the first divergence from the documented semantics. Ends with a `stop` so
+/// that every job started has ended.
+pub fn check_machine(ops: &[Op]) {
+    let mut d = MachineDriver {
+        machine: Machine::new(),
+        reference: Reference::default(),
+        running: None,
+        cancelled: None,
+        ended: Vec::new(),
+        seen_jobs: HashSet::new(),
+        store: HashMap::new(),
+        uuids: Vec::new(),
+        newest: None,
+        stopped: false,
+        step: 0,
+        op: Op::SubmitUnknown,
+    };
+    d.check_state();
+    let last = Op::Stop { cancelled_job_ends: JobEnd::Cancelled };
+    for (step, &op) in ops.iter().chain(std::iter::once(&last)).enumerate() {
+        d.step = step;
+        d.op = op;
+        d.apply(op);
+    }
+    if d.running.is_some() || d.seen_jobs.len() != d.ended.len() {
+        d.fail("every started job ends", format!("{} started, {} ended", d.seen_jobs.len(), d.ended.len()));
+    }
+}
