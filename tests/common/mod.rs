@@ -31,6 +31,22 @@ pub fn long_sleep(nonce: &str) -> String {
     format!("sleep 300.{nonce}")
 }
 
+/// A command that ignores SIGTERM and runs about 300 s unless SIGKILLed (after the
+/// grace period), its command line carrying `nonce`.
+pub fn dies_slowly(nonce: &str) -> String {
+    format!("trap '' TERM; exec sleep 300.{nonce}")
+}
+
+/// Waits until `condition` holds (a state another thread changes), failing after
+/// [`HANG`].
+pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} never happened within {HANG:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// An executor whose evaluation and build run `sh -c SCRIPT`; `None` succeeds at once.
 pub struct ShellExecutor {
     pub eval_script: Mutex<Option<String>>,
