@@ -35,14 +35,14 @@ mod check_decode;
 mod check_machine;
 mod reference;
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Result, Unstructured};
 
 pub use check_builder::{check_builder, BUILDER_MAX_OPS};
 pub use check_decode::check_decode;
 pub use check_machine::check_machine;
 
 /// How a job ends.
-#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobEnd {
     /// Success; for an evaluation, whether its output is already in the store.
     Ok {
@@ -54,7 +54,7 @@ pub enum JobEnd {
 }
 
 /// Which job a completion is for.
-#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// The running job (an unknown id when none runs).
     Running,
@@ -68,7 +68,7 @@ pub enum Target {
 }
 
 /// A call made during a [`Op::Race`].
-#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     /// `eval()` of a new generation (only the first of a race; later ones are not
     /// made, since two waiting evaluations proceed in no fixed order).
@@ -81,7 +81,7 @@ pub enum Call {
 }
 
 /// One step of a sequence: a caller's command, a job's completion, or a race.
-#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// `eval()` of a new generation; `cancelled_job_ends` is how a job it cancels ends
     /// (cancelled, or it won the race and ended on its own).
@@ -123,6 +123,76 @@ impl Op {
             .filter(|(i, c)| **c != Call::Eval || Some(*i) == first_eval)
             .map(|(_, c)| *c)
             .collect()
+    }
+}
+
+// One byte per choice (a derived `Arbitrary` spends four on every enum
+// discriminant): the fuzzers reach long sequences with short inputs.
+
+impl<'a> Arbitrary<'a> for JobEnd {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.choose_index(5)? {
+            0 => JobEnd::Ok { already_built: false },
+            1 => JobEnd::Ok { already_built: true },
+            2 => JobEnd::Failed,
+            3 => JobEnd::Cancelled,
+            _ => JobEnd::TimedOut,
+        })
+    }
+
+    fn size_hint(_: usize) -> (usize, Option<usize>) {
+        (1, Some(1))
+    }
+}
+
+impl<'a> Arbitrary<'a> for Target {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.choose_index(4)? {
+            0 => Target::Running,
+            1 => Target::Stale(u.arbitrary()?),
+            2 => Target::Unknown(u.arbitrary()?),
+            _ => Target::WrongKind,
+        })
+    }
+
+    fn size_hint(_: usize) -> (usize, Option<usize>) {
+        (1, Some(2))
+    }
+}
+
+impl<'a> Arbitrary<'a> for Call {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.choose_index(5)? {
+            0 => Call::Eval,
+            1 => Call::SubmitCurrent,
+            2 => Call::Suspend,
+            3 => Call::Resume,
+            _ => Call::Stop,
+        })
+    }
+
+    fn size_hint(_: usize) -> (usize, Option<usize>) {
+        (1, Some(1))
+    }
+}
+
+impl<'a> Arbitrary<'a> for Op {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.choose_index(9)? {
+            0 => Op::Eval { cancelled_job_ends: u.arbitrary()? },
+            1 => Op::SubmitCurrent,
+            2 => Op::SubmitStale(u.arbitrary()?),
+            3 => Op::SubmitUnknown,
+            4 => Op::Suspend { cancelled_job_ends: u.arbitrary()? },
+            5 => Op::Resume,
+            6 => Op::Stop { cancelled_job_ends: u.arbitrary()? },
+            7 => Op::Complete { job: u.arbitrary()?, ending: u.arbitrary()? },
+            _ => Op::Race { calls: u.arbitrary()?, cancelled_job_ends: u.arbitrary()? },
+        })
+    }
+
+    fn size_hint(_: usize) -> (usize, Option<usize>) {
+        (1, Some(5))
     }
 }
 
