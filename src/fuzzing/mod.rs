@@ -7,13 +7,13 @@
 //! * `reference`: a second model of the builder's semantics (the crate documentation,
 //!   DESIGN.md), written from the rules and not from the machine's code; it says what
 //!   every operation must do.
-//! * [`check_machine`] drives the private state machine the way the
+//! * `check_machine` drives the private state machine the way the
 //!   [`Builder`](crate::Builder) does (drain every action, end a job a command waits
 //!   for, retry the command) and compares everything it emits with the reference.
-//! * [`check_builder`] runs the same sequences against the threaded
+//! * `check_builder` runs the same sequences against the threaded
 //!   [`Builder`](crate::Builder) with a fake executor, and also checks that every call
 //!   returns (a watchdog) and that no thread outlives the builder.
-//! * [`check_decode`] feeds arbitrary bytes to the store loader and the protobuf
+//! * `check_decode` feeds arbitrary bytes to the store loader and the protobuf
 //!   decoders: errors are fine, panics are not.
 //!
 //! Besides comparing with the reference, both checkers hold these invariants after
@@ -33,6 +33,7 @@
 mod check_builder;
 mod check_decode;
 mod check_machine;
+mod fake;
 mod reference;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
