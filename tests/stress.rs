@@ -31,6 +31,7 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Seen {
     evals: Vec<String>,
+    evals_given_up: u64,
     evaluation_done: Vec<String>,
     build_done: Vec<String>,
 }
@@ -76,8 +77,12 @@ fn eight_threads_calling_everything_at_random() {
                 i += 1;
                 let op: &'static str = match rng.below(16) {
                     0 | 1 => {
-                        let uuid = builder.eval(&rs(&format!("t{t}-{i}"))).unwrap();
-                        seen.lock().evals.push(uuid);
+                        match builder.eval(&rs(&format!("t{t}-{i}"))) {
+                            Ok(uuid) => seen.lock().evals.push(uuid),
+                            // Another thread stopped while this one waited for a job.
+                            Err(Error::Stopped) => seen.lock().evals_given_up += 1,
+                            Err(e) => panic!("eval: unexpected {e}"),
+                        }
                         "eval"
                     }
                     2 | 3 => {
@@ -207,8 +212,9 @@ fn eight_threads_calling_everything_at_random() {
     seen.evaluation_done.extend(builder.evaluation_done().try_iter());
     seen.build_done.extend(builder.build_done().try_iter());
     eprintln!(
-        "{calls} calls, {} evals, {} evaluation_done, {} build_done",
+        "{calls} calls, {} evals ({} given up for a stop), {} evaluation_done, {} build_done",
         seen.evals.len(),
+        seen.evals_given_up,
         seen.evaluation_done.len(),
         seen.build_done.len()
     );
