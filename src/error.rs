@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything a genbuild call can refuse or fail with.
+/// What a [`Builder`](crate::Builder) call refuses, with the message callers compare.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
