@@ -130,8 +130,11 @@ fn single(nonce: &str) -> String {
 
 /// Three derivations, each needing the one before; `system` is Nix code.
 fn chain(nonce: &str, system: &str) -> String {
-    let a = drv("chain-a", nonce, &format!("echo built-a-{nonce}; echo a > $out"), system);
-    let b = drv("chain-b", nonce, &format!("echo built-b-{nonce}; echo ${{a}} > $out"), system);
+    // The pauses let the builder's progress (coalesced to ten events a second) show
+    // each derivation building.
+    let a = drv("chain-a", nonce, &format!("echo built-a-{nonce}; /bin/sleep 0.3; echo a > $out"), system);
+    let b =
+        drv("chain-b", nonce, &format!("echo built-b-{nonce}; /bin/sleep 0.3; echo ${{a}} > $out"), system);
     let c = drv("chain-c", nonce, &format!("echo built-c-{nonce}; echo ${{b}} > $out"), system);
     format!("let a = {a}; b = {b}; c = {c}; in c")
 }
