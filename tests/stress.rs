@@ -57,7 +57,7 @@ fn eight_threads_calling_everything_at_random() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let (progress_tx, progress) = crossbeam_channel::unbounded::<(usize, &'static str)>();
-    let mut workers = Vec::new();
+    let mut callers = Vec::new();
     for t in 0..THREADS {
         let (builder, store, executor, scripts, seen, stop, progress_tx) = (
             builder.clone(),
@@ -68,7 +68,7 @@ fn eight_threads_calling_everything_at_random() {
             stop.clone(),
             progress_tx.clone(),
         );
-        workers.push(std::thread::spawn(move || {
+        callers.push(std::thread::spawn(move || {
             let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ ((t as u64 + 1) << 32));
             let mut subscriptions = Vec::new();
             let mut clones = Vec::new();
@@ -202,8 +202,8 @@ fn eight_threads_calling_everything_at_random() {
             }
         }
     }
-    for worker in workers {
-        worker.join().expect("a worker thread panicked");
+    for caller in callers {
+        caller.join().expect("a calling thread panicked");
     }
     builder.stop();
     assert_no_process(&n);
