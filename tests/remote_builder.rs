@@ -190,3 +190,52 @@ fn ssh_protocol_builds_and_stops_on_the_same_remote() {
         stop_during_a_remote_build_leaves_no_process(Case::new(front, Protocol::Ssh), &remote);
     }
 }
+
+/// Records Nix's `--log-format internal-json -v` stderr of remote builds over
+/// `ssh-ng://` into `$GENBUILD_RECORD_TO`, for the log parser's unit tests: a chain of
+/// two derivations (the first writes 8 MiB, so that a copy is not instant) built with
+/// `nix-store --realise` and with `nix build`. Run by tests/fixtures/nix-2.8/record.sh.
+#[test]
+#[ignore = "records fixtures: run by tests/fixtures/nix-2.8/record.sh"]
+fn record_remote_build_logs() {
+    let to = std::env::var("GENBUILD_RECORD_TO").expect("GENBUILD_RECORD_TO: where the recordings go");
+    let Some(remote) = Remote::start_or_skip() else { return };
+    let env = Env::new();
+    let options = remote.configure(env.options(), Protocol::SshNg);
+    let nix = |program: &str| {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(["--log-format", "internal-json", "-v", "--extra-experimental-features", "nix-command"]);
+        for (name, value) in &options.options {
+            cmd.args(["--option", name, value]);
+        }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    };
+    let work = tempfile::tempdir().unwrap();
+    for (name, program, args) in [
+        ("remote-realise-chain", "nix-store", ["--realise", "--no-gc-warning"]),
+        ("remote-build-chain", "nix", ["build", "--no-link"]),
+    ] {
+        let n = nonce();
+        let a = drv(
+            "remote-a",
+            &n,
+            "echo building a on the remote; /bin/dd if=/dev/zero of=$out bs=1M count=8 status=none",
+            "builtins.currentSystem",
+        );
+        let b =
+            drv("remote-b", &n, "echo building b on the remote; echo $a > $out", "builtins.currentSystem");
+        let file = work.path().join(format!("{name}.nix"));
+        std::fs::write(&file, b.replacen("derivation {", &format!("derivation {{ a = {a};"), 1)).unwrap();
+        let drv_path = nix("nix-instantiate").arg(&file).output().unwrap();
+        assert!(drv_path.status.success(), "{}", String::from_utf8_lossy(&drv_path.stderr));
+        let drv_path = String::from_utf8(drv_path.stdout).unwrap().trim().to_string();
+        let mut cmd = nix(program);
+        cmd.args(args).arg(&drv_path);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{cmd:?}:\n{stderr}");
+        std::fs::write(format!("{to}/{name}.stderr"), &stderr).unwrap();
+        assert_no_process(&n);
+    }
+}
