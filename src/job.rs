@@ -19,6 +19,18 @@ use crate::error::{CancelReason, JobError};
 use crate::process::{self, CancelToken, CommandOutput, Limits, ProcessOptions, Stream};
 
 /// How far a build has come, as a job reports it with [`JobContext::progress`].
+///
+/// New fields may come: an executor outside this crate starts from
+/// `Progress::default()` and sets the fields it knows.
+///
+/// ```
+/// let mut progress = genbuild::Progress::default();
+/// progress.done = 1;
+/// progress.expected = 3;
+/// progress.building = vec!["/nix/store/…-b.drv".into()];
+/// # assert_eq!(progress.copies_done, 0);
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Derivations built.
@@ -31,6 +43,14 @@ pub struct Progress {
     pub failed: u64,
     /// The store paths of the derivations building now.
     pub building: Vec<String>,
+    /// Store paths copied between stores (to or from a remote builder, or from a
+    /// substituter).
+    pub copies_done: u64,
+    /// Store paths to copy in all, as far as known yet; at least `copies_done` plus the
+    /// number of `copying`.
+    pub copies_expected: u64,
+    /// The store paths being copied now.
+    pub copying: Vec<String>,
 }
 
 /// What a job's work produces besides its result: log lines and progress.

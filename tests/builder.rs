@@ -787,8 +787,13 @@ impl Executor for ReportsProgress {
     fn build(&self, drv_path: &str, ctx: &JobContext) -> Result<(), JobError> {
         let started = Instant::now();
         for done in 1..=1000 {
-            let building = vec![drv_path.to_string()];
-            ctx.progress(genbuild::Progress { done, expected: 1000, running: 1, failed: 0, building });
+            // Progress is non_exhaustive: built from its default, field by field.
+            let mut progress = genbuild::Progress::default();
+            progress.done = done;
+            progress.expected = 1000;
+            progress.running = 1;
+            progress.building = vec![drv_path.to_string()];
+            ctx.progress(progress);
             std::thread::sleep(Duration::from_millis(1));
         }
         self.reported.send(started.elapsed()).unwrap();

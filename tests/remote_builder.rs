@@ -3,7 +3,7 @@
 //! on this machine whose Nix has a store of its own (tests/common/remote.rs).
 //!
 //! What genbuild promises here: the build happens on the remote and its output is
-//! copied back into the local store; `stop()` during a remote build returns once the
+//! copied back into the local store, the progress events showing that copy; `stop()` during a remote build returns once the
 //! local Nix, its build hook and the ssh client are gone, and the remote's side (sshd's
 //! session, its `nix-daemon --stdio` and the derivation's builder) goes when the ssh
 //! connection closes. genbuild schedules nothing itself: Nix picks the machine.
@@ -73,8 +73,8 @@ impl Case {
     }
 }
 
-/// Builds a fresh derivation: it is built in the remote's store, copied back, and the
-/// connection's processes end with the build.
+/// Builds a fresh derivation: it is built in the remote's store, copied back (which
+/// the progress shows), and the connection's processes end with the build.
 fn builds_on_the_remote_and_copies_back(case: Case, remote: &Remote) {
     let (env, repo, n) = (Env::new(), Repo::new(), nonce());
     let h = case.setup(remote, &env, &repo, &n, &format!("echo built-remotely {n} > $out"));
@@ -94,8 +94,27 @@ fn builds_on_the_remote_and_copies_back(case: Case, remote: &Remote) {
     assert!(remote.holds(&g.out_path), "{case:?}: {} was not built on the remote", g.out_path);
     assert!(valid(&g.out_path), "{case:?}: {} was not copied back", g.out_path);
     assert_eq!(std::fs::read_to_string(&g.out_path).unwrap(), format!("built-remotely {n}\n"));
+    let progress = build_progress(&h, &g.uuid);
+    eprintln!("{case:?}: the build's progress events:");
+    for p in &progress {
+        eprintln!("  {p:?}");
+    }
+    assert!(progress.iter().any(|p| p.copies_expected >= 1), "{case:?}: no copy shown: {progress:?}");
+    let last = progress.last().expect("progress events");
+    assert_eq!((last.done, last.expected, last.running, last.failed), (1, 1, 0, 0), "{case:?}: {last:?}");
+    assert!(last.copies_done >= 1 && last.copies_done == last.copies_expected, "{case:?}: {last:?}");
+    assert!(last.building.is_empty() && last.copying.is_empty(), "{case:?}: {last:?}");
     let left = wait_gone(|| remote.processes(Some(&n)), REMOTE_GONE);
     assert!(left.is_empty(), "{case:?}: processes left after a remote build: {}", describe(&left));
+}
+
+/// The progress events of generation `uuid` received so far.
+fn build_progress(h: &Harness, uuid: &str) -> Vec<genbuild::proto::BuildProgress> {
+    let progress = h.events.try_iter().filter_map(|e| match e.kind {
+        Some(genbuild::proto::event::Kind::BuildProgress(p)) if p.generation_uuid == uuid => Some(p),
+        _ => None,
+    });
+    progress.collect()
 }
 
 /// Stops a build while the remote's builder sleeps: no process is left on either side.

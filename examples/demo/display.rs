@@ -168,15 +168,21 @@ impl<W: Write> Display<W> {
     }
 }
 
-/// `2/3 built, 1 failed, building b, c`.
+/// `2/3 built, 1 failed, 1/2 copied, building b, c`; copies only when there are any,
+/// and what is being copied when nothing builds.
 fn progress(p: &proto::BuildProgress) -> String {
     let mut text = format!("{}/{} built", p.done, p.expected);
     if p.failed > 0 {
         text.push_str(&format!(", {} failed", p.failed));
     }
+    if p.copies_expected > 0 {
+        text.push_str(&format!(", {}/{} copied", p.copies_done, p.copies_expected));
+    }
+    let names = |paths: &[String]| paths.iter().map(|d| human::short_name(d)).collect::<Vec<_>>().join(", ");
     if !p.building.is_empty() {
-        let names: Vec<&str> = p.building.iter().map(|d| human::short_name(d)).collect();
-        text.push_str(&format!(", building {}", names.join(", ")));
+        text.push_str(&format!(", building {}", names(&p.building)));
+    } else if !p.copying.is_empty() {
+        text.push_str(&format!(", copying {}", names(&p.copying)));
     } else if p.running > 0 {
         text.push_str(&format!(", {} running", p.running));
     }
@@ -241,6 +247,7 @@ mod tests {
             running,
             failed,
             building: building.iter().map(|n| drv(n)).collect(),
+            ..Default::default()
         }))
     }
 
@@ -394,6 +401,39 @@ mod tests {
                 "evaluation failed after 2.0 s\n(7 log lines dropped: the display fell behind)\nb> x\n\
                  already built: /nix/store/{HASH}-system\nprogress: 0/2 built, 2 running\n"
             )
+        );
+    }
+
+    #[test]
+    fn copies_show_when_there_are_any() {
+        let remote = |done, copies_done, copying: &[&str]| {
+            event(Kind::BuildProgress(proto::BuildProgress {
+                done,
+                expected: 1,
+                copies_done,
+                copies_expected: 1,
+                copying: copying.iter().map(|n| format!("/nix/store/{HASH}-{n}")).collect(),
+                ..Default::default()
+            }))
+        };
+        let t0 = Instant::now();
+        let mut display = Display::new(Vec::new(), Some(80), t0);
+        display.event(&chain()[3], t0).unwrap();
+        display.event(&progress(0, 1, 0, &["system"]), t0).unwrap();
+        assert_eq!(screen(&display.out).1, "[0:00] 0/3 built, building system", "no copies: not shown");
+        display.event(&remote(0, 0, &["system"]), t0).unwrap();
+        assert_eq!(screen(&display.out).1, "[0:00] 0/1 built, 0/1 copied, copying system");
+        display.event(&remote(1, 1, &[]), t0).unwrap();
+        assert_eq!(screen(&display.out).1, "[0:00] 1/1 built, 1/1 copied");
+
+        let mut plain = Display::new(Vec::new(), None, t0);
+        for e in [chain()[3].clone(), remote(0, 0, &["system"]), remote(1, 1, &[])] {
+            plain.event(&e, t0).unwrap();
+        }
+        let text = String::from_utf8(plain.out).unwrap();
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            ["progress: 0/1 built, 0/1 copied, copying system", "progress: 1/1 built, 1/1 copied"]
         );
     }
 }

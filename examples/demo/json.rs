@@ -94,7 +94,17 @@ fn generation(g: &proto::Generation) -> Value {
 }
 
 fn progress(p: &proto::BuildProgress) -> Value {
-    let proto::BuildProgress { generation_uuid, done, expected, running, failed, building } = p;
+    let proto::BuildProgress {
+        generation_uuid,
+        done,
+        expected,
+        running,
+        failed,
+        building,
+        copies_done,
+        copies_expected,
+        copying,
+    } = p;
     json!({
         "generation_uuid": generation_uuid,
         "done": done,
@@ -102,6 +112,9 @@ fn progress(p: &proto::BuildProgress) -> Value {
         "running": running,
         "failed": failed,
         "building": building,
+        "copies_done": copies_done,
+        "copies_expected": copies_expected,
+        "copying": copying,
     })
 }
 
@@ -130,6 +143,8 @@ mod tests {
                 done: 3,
                 expected: 3,
                 building: vec!["/nix/store/x-a.drv".into()],
+                copies_expected: 2,
+                copying: vec!["/nix/store/x-a".into()],
                 ..Default::default()
             }),
             ..Default::default()
@@ -140,6 +155,10 @@ mod tests {
         assert_eq!(json["is_building"], Value::Null);
         assert_eq!(json["build_progress"]["done"], 3);
         assert_eq!(json["build_progress"]["building"][0], "/nix/store/x-a.drv");
+        assert_eq!(json["build_progress"].as_object().unwrap().len(), 9);
+        assert_eq!(json["build_progress"]["copies_done"], 0);
+        assert_eq!(json["build_progress"]["copies_expected"], 2);
+        assert_eq!(json["build_progress"]["copying"][0], "/nix/store/x-a");
         let g = &json["generation"];
         assert_eq!(g.as_object().unwrap().len(), 27);
         assert_eq!(g["eval_started_at"], "2025-11-28T13:43:05.120Z");

@@ -173,6 +173,9 @@ impl Inner {
             running: progress.running,
             failed: progress.failed,
             building: progress.building.clone(),
+            copies_done: progress.copies_done,
+            copies_expected: progress.copies_expected,
+            copying: progress.copying.clone(),
         };
         let sent_at = self.progress.as_ref().filter(|p| p.job == job).and_then(|p| p.sent_at);
         self.progress = Some(LatestProgress { job, report, sent_at, held_back: true });
@@ -254,6 +257,33 @@ mod tests {
             subscribers.lifecycle(event::Kind::EvalStarted(proto::EvalStarted::default()));
         }
         assert_eq!(events.len(), 10);
+    }
+
+    #[test]
+    fn progress_maps_to_build_progress_field_by_field() {
+        let subscribers = Arc::new(Subscribers::new(1 << 20));
+        let events = subscribers.subscribe();
+        let sink = subscribers.log_sink(JobId(1), "g".into(), log_line::Phase::Build);
+        let mut progress = Progress::default();
+        (progress.done, progress.expected, progress.running, progress.failed) = (1, 4, 2, 1);
+        (progress.copies_done, progress.copies_expected) = (3, 5);
+        progress.building = vec!["/nix/store/x-b.drv".into()];
+        progress.copying = vec!["/nix/store/x-a".into()];
+        sink(JobOutput::Progress(&progress));
+        let expected = proto::BuildProgress {
+            generation_uuid: "g".into(),
+            done: 1,
+            expected: 4,
+            running: 2,
+            failed: 1,
+            building: vec!["/nix/store/x-b.drv".into()],
+            copies_done: 3,
+            copies_expected: 5,
+            copying: vec!["/nix/store/x-a".into()],
+        };
+        assert_eq!(subscribers.latest_progress().as_ref(), Some(&expected));
+        let Some(event::Kind::BuildProgress(sent)) = events.try_recv().unwrap().kind else { panic!() };
+        assert_eq!(sent, expected);
     }
 
     #[test]

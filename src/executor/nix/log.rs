@@ -6,13 +6,22 @@
 //! `@nix {json}` lines:
 //! * `start`/`stop` of activities, each with an id, a type and often a text: 104 the
 //!   builds of a command, 105 one build (`fields[0]`: its `.drv`), 103 copy-paths, 100
-//!   copy-path, 108 substitute, 110 post-build-hook (`fields[0]`: the `.drv`);
+//!   copy-path (`fields[0]`: the store path), 108 substitute, 110 post-build-hook
+//!   (`fields[0]`: the `.drv`);
 //! * `result`s of an activity: 101 a build log line (`fields[0]`), attributed through
 //!   the activity to its derivation; 105 the progress `[done, expected, running,
-//!   failed]` of the builds activity; 106 set-expected and others, not shown;
+//!   failed]` of the builds activity (and of the copy-paths activity of
+//!   substitutions); 106 set-expected and others, not shown;
 //! * `msg`: Nix's own messages, level 0 for errors (also `trace:` output), with
 //!   terminal colour codes in `msg` and `raw_msg` (the message without its `error:`
 //!   prefix and location).
+//!
+//! With a remote builder, the build hook's activities come through too, and so do the
+//! remote Nix's own (its builds activity, with counters of its own, and a build
+//! activity for the derivation the local one already shows). The hook copies the
+//! inputs to the remote and the outputs back: a copy-paths activity "copying N paths"
+//! (the number only in its text: Nix 2.8 reports no progress on it) and a copy-path
+//! activity per path (no byte counts either). Copies are therefore counted in paths.
 //!
 //! A line that is not `@nix` JSON (a builder writing to the terminal, git run by Nix,
 //! an older Nix) is logged as it is: no line is lost, and no raw JSON is shown. The
@@ -27,6 +36,8 @@ use serde_json::Value;
 use crate::job::Progress;
 
 /// Activity types (Nix's `ActivityType`).
+const ACT_COPY_PATH: u64 = 100;
+const ACT_COPY_PATHS: u64 = 103;
 const ACT_BUILDS: u64 = 104;
 const ACT_BUILD: u64 = 105;
 const ACT_POST_BUILD_HOOK: u64 = 110;
@@ -61,10 +72,18 @@ pub(crate) enum Event<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct NixLog {
     activities: HashMap<u64, Activity>,
-    /// `[done, expected, running, failed]` of the latest builds activity.
+    /// The command's own builds activity: the first one (a remote's comes later).
+    builds: Option<u64>,
+    /// `[done, expected, running, failed]` of that builds activity.
     counters: [u64; 4],
     /// Builds running now: activity id and derivation, in start order.
     building: Vec<(u64, String)>,
+    /// Copy-path activities that ended.
+    copies_done: u64,
+    /// Paths that the copy-paths activities that ended announced to copy.
+    copies_announced_ended: u64,
+    /// Copies running now: activity id and store path, in start order.
+    copying: Vec<(u64, String)>,
     reported: Progress,
     /// Last lines of running and recently stopped builds, by derivation.
     tails: HashMap<String, Tail>,
@@ -80,6 +99,8 @@ pub(crate) struct NixLog {
 struct Activity {
     kind: u64,
     drv_path: Option<String>,
+    /// Of a copy-paths activity: the paths it announced to copy.
+    announced: u64,
 }
 
 impl NixLog {
@@ -116,16 +137,43 @@ impl NixLog {
         if !text.is_empty() && value["level"].as_u64().unwrap_or(LVL_INFO) <= LVL_INFO {
             emit_lines(&strip_ansi(text), None, emit);
         }
-        if let (ACT_BUILD, Some(drv)) = (kind, &drv_path) {
-            self.building.push((id, drv.clone()));
-            self.tails.entry(drv.clone()).or_default();
+        let mut announced = 0;
+        match (kind, &drv_path) {
+            (ACT_BUILD, Some(drv)) => {
+                self.building.push((id, drv.clone()));
+                self.tails.entry(drv.clone()).or_default();
+                self.report(emit);
+            }
+            (ACT_BUILDS, _) => {
+                self.builds.get_or_insert(id);
+            }
+            (ACT_COPY_PATHS, _) => announced = paths_announced(text),
+            (ACT_COPY_PATH, _) => {
+                if let Some(path) = value["fields"][0].as_str() {
+                    self.copying.push((id, path.to_string()));
+                    self.report(emit);
+                }
+            }
+            _ => {}
+        }
+        self.activities.insert(id, Activity { kind, drv_path, announced });
+        if announced > 0 {
             self.report(emit);
         }
-        self.activities.insert(id, Activity { kind, drv_path });
     }
 
     fn stop(&mut self, id: u64, emit: &mut dyn FnMut(Event<'_>)) {
         let Some(activity) = self.activities.remove(&id) else { return };
+        self.copies_announced_ended = self.copies_announced_ended.saturating_add(activity.announced);
+        if activity.kind == ACT_COPY_PATH {
+            let copying = self.copying.len();
+            self.copying.retain(|(copy, _)| *copy != id);
+            if self.copying.len() < copying {
+                self.copies_done += 1;
+                self.report(emit);
+            }
+            return;
+        }
         if let (ACT_BUILD, Some(drv)) = (activity.kind, activity.drv_path) {
             self.building.retain(|(building, _)| *building != id);
             self.stopped.push_back(drv);
@@ -141,7 +189,8 @@ impl NixLog {
     }
 
     fn result(&mut self, id: u64, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
-        let Some(activity) = self.activities.get(&id) else { return };
+        let Some(activity) = self.activities.get_mut(&id) else { return };
+        let field = |i: usize| value["fields"][i].as_u64().unwrap_or_default();
         match value["type"].as_u64() {
             Some(RES_BUILD_LOG_LINE | RES_POST_BUILD_LOG_LINE) => {
                 let Some(text) = value["fields"][0].as_str() else { return };
@@ -151,9 +200,13 @@ impl NixLog {
                 }
                 emit(Event::Line { drv_path: drv, text });
             }
-            Some(RES_PROGRESS) if activity.kind == ACT_BUILDS => {
-                let field = |i: usize| value["fields"][i].as_u64().unwrap_or_default();
+            Some(RES_PROGRESS) if activity.kind == ACT_BUILDS && self.builds == Some(id) => {
                 self.counters = [field(0), field(1), field(2), field(3)];
+                self.report(emit);
+            }
+            // The paths to copy, counted anew (the substitutions of a command).
+            Some(RES_PROGRESS) if activity.kind == ACT_COPY_PATHS => {
+                activity.announced = field(1);
                 self.report(emit);
             }
             _ => {}
@@ -190,8 +243,20 @@ impl NixLog {
     /// Reports the progress if it changed.
     fn report(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
         let [done, expected, running, failed] = self.counters;
-        let building = self.building.iter().map(|(_, drv)| drv.clone()).collect();
-        let progress = Progress { done, expected, running, failed, building };
+        // A remote build shows twice: the local build activity and the remote's.
+        let mut building: Vec<String> = Vec::with_capacity(self.building.len());
+        for (_, drv) in &self.building {
+            if !building.contains(drv) {
+                building.push(drv.clone());
+            }
+        }
+        let copying: Vec<String> = self.copying.iter().map(|(_, path)| path.clone()).collect();
+        let copies_done = self.copies_done;
+        let announced =
+            self.activities.values().fold(self.copies_announced_ended, |n, a| n.saturating_add(a.announced));
+        let copies_expected = announced.max(copies_done.saturating_add(copying.len() as u64));
+        let progress =
+            Progress { done, expected, running, failed, building, copies_done, copies_expected, copying };
         if progress != self.reported {
             self.reported = progress;
             emit(Event::Progress(&self.reported));
@@ -220,6 +285,13 @@ impl NixLog {
         }
         parts.join("\n")
     }
+}
+
+/// The number of paths a copy-paths activity announces in its text, "copying N paths"
+/// (Nix's `copyPaths`); 0 for another text (the copy-path activities still count).
+fn paths_announced(text: &str) -> u64 {
+    let count = text.strip_prefix("copying ").and_then(|t| t.strip_suffix(" paths"));
+    count.and_then(|n| n.parse().ok()).unwrap_or_default()
 }
 
 /// Emits each line of `text`.

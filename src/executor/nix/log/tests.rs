@@ -207,3 +207,127 @@ fn the_raw_tail_of_a_failure_is_replaced() {
     );
     assert_eq!(with_clean_tail("`nix` exited with status 1", ""), "`nix` exited with status 1");
 }
+
+#[test]
+fn a_remote_build_shows_its_copies_back_and_only_the_local_counters() {
+    for log in [fixture!("remote-realise-chain.stderr"), fixture!("remote-build-chain.stderr")] {
+        let (parser, seen) = feed_all(log);
+        let last = seen.progress.last().expect("progress");
+        assert_eq!((last.done, last.expected, last.running, last.failed), (2, 2, 0, 0), "{last:?}");
+        assert_eq!((last.copies_done, last.copies_expected), (2, 2), "{last:?}");
+        assert!(last.building.is_empty() && last.copying.is_empty(), "{last:?}");
+        for name in ["remote-a", "remote-b"] {
+            // Each output is copied back once, shown while it is.
+            let copying: Vec<&Progress> = seen.progress.iter().filter(|p| !p.copying.is_empty()).collect();
+            let shown = copying.iter().find(|p| p.copying[0].ends_with(&format!("-{name}")));
+            let shown = shown.unwrap_or_else(|| panic!("{name} never shown copying: {:?}", seen.progress));
+            assert_eq!(shown.copying.len(), 1, "{shown:?}");
+            assert!(shown.copies_done < shown.copies_expected, "{shown:?}");
+            let copy = format!("copying path '{}' from 'ssh-ng://genbuild-remote'", shown.copying[0]);
+            assert_eq!(line_of(&seen, &copy).0, None, "Nix's own message");
+            assert!(seen
+                .progress
+                .iter()
+                .any(|p| p.building.len() == 1 && p.building[0].ends_with(&format!("-{name}.drv"))));
+        }
+        for p in &seen.progress {
+            // The remote's own builds activity (counting 1 of 1) never shows.
+            assert!(p.expected == 1 && p.done == 0 || p.expected == 2, "{p:?}");
+            // The local build activity and the remote's name one derivation.
+            assert!(p.building.len() <= 1, "{p:?}");
+            assert!(p.copies_expected >= p.copies_done + p.copying.len() as u64, "{p:?}");
+        }
+        let never_back = |f: fn(&Progress) -> u64| seen.progress.windows(2).all(|w| f(&w[0]) <= f(&w[1]));
+        assert!(never_back(|p| p.done) && never_back(|p| p.expected), "{:?}", seen.progress);
+        assert!(never_back(|p| p.copies_done) && never_back(|p| p.copies_expected), "{:?}", seen.progress);
+        no_raw_json_and_no_escapes_from_nix(&seen);
+        assert_eq!(parser.failure(), "");
+    }
+}
+
+#[test]
+fn copies_are_counted_from_announcements_counters_and_copy_path_activities() {
+    let copy = |id: u64, path: &str| {
+        format!(
+            r#"@nix {{"action":"start","id":{id},"level":3,"type":100,"text":"copying path '{path}'","fields":["{path}","https://cache","local"]}}"#
+        )
+    };
+    let stop = |id: u64| format!(r#"@nix {{"action":"stop","id":{id}}}"#);
+    let log = [
+        // The command's substitutions: counted by the worker's copy-paths activity.
+        r#"@nix {"action":"start","id":1,"level":0,"type":103,"text":""}"#.to_string(),
+        r#"@nix {"action":"result","id":1,"type":105,"fields":[0,3,0,0]}"#.to_string(),
+        copy(2, "/nix/store/x-one"),
+        copy(3, "/nix/store/x-two"),
+        // Bytes of a copy: not counted.
+        r#"@nix {"action":"result","id":2,"type":105,"fields":[100,1000,0,0]}"#.to_string(),
+        stop(2),
+        // A count corrected downwards.
+        r#"@nix {"action":"result","id":1,"type":105,"fields":[1,2,1,0]}"#.to_string(),
+        stop(3),
+        stop(1),
+        // A build hook's copies: the number only in the text.
+        r#"@nix {"action":"start","id":4,"level":3,"type":103,"text":"copying 2 paths"}"#.to_string(),
+        copy(5, "/nix/store/x-three"),
+        stop(5),
+        // A text this parser does not know: the copies count as they come.
+        r#"@nix {"action":"start","id":6,"level":3,"type":103,"text":"copying lots of paths"}"#.to_string(),
+        copy(7, "/nix/store/x-four"),
+        copy(8, "/nix/store/x-five"),
+        stop(7),
+        stop(8),
+        stop(6),
+        copy(9, "/nix/store/x-six"),
+        // Without a path, a copy-path activity is ignored; stops of unknown ids too.
+        r#"@nix {"action":"start","id":10,"level":3,"type":100,"text":"copying"}"#.to_string(),
+        stop(10),
+        stop(99),
+        stop(9),
+        stop(4),
+    ]
+    .join("\n");
+    let (_, seen) = feed_all(&log);
+    let copies: Vec<(u64, u64, Vec<&str>)> = seen
+        .progress
+        .iter()
+        .map(|p| (p.copies_done, p.copies_expected, p.copying.iter().map(|c| &c[11..]).collect()))
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            (0, 3, vec![]),
+            (0, 3, vec!["x-one"]),
+            (0, 3, vec!["x-one", "x-two"]),
+            (1, 3, vec!["x-two"]),
+            (1, 2, vec!["x-two"]),
+            (2, 2, vec![]),
+            (2, 4, vec![]),
+            (2, 4, vec!["x-three"]),
+            (3, 4, vec![]),
+            (3, 4, vec!["x-four"]),
+            (3, 5, vec!["x-four", "x-five"]),
+            (4, 5, vec!["x-five"]),
+            (5, 5, vec![]),
+            (5, 6, vec!["x-six"]),
+            (6, 6, vec![]),
+        ]
+    );
+    assert!(seen.progress.iter().all(|p| p.expected == 0 && p.building.is_empty()));
+}
+
+#[test]
+fn absurd_copy_counts_saturate() {
+    let log = [
+        r#"@nix {"action":"start","id":1,"level":3,"type":103,"text":"copying 18446744073709551615 paths"}"#,
+        r#"@nix {"action":"start","id":2,"level":3,"type":103,"text":"copying 18446744073709551615 paths"}"#,
+        r#"@nix {"action":"result","id":2,"type":105,"fields":[0,18446744073709551615,0,0]}"#,
+        r#"@nix {"action":"result","id":1,"type":105,"fields":[0,-1,"x",0]}"#,
+        r#"@nix {"action":"start","id":3,"level":3,"type":100,"text":"","fields":["/nix/store/x-a"]}"#,
+        r#"@nix {"action":"stop","id":3}"#,
+    ]
+    .join("\n");
+    let (_, seen) = feed_all(&log);
+    let last = seen.progress.last().unwrap();
+    assert_eq!((last.copies_done, last.copies_expected), (1, u64::MAX), "{last:?}");
+    assert!(seen.progress.iter().all(|p| p.copies_expected == u64::MAX), "{:?}", seen.progress);
+}
