@@ -365,7 +365,10 @@ genbuild_result genbuild_state(const struct genbuild_builder *builder,
  * * 17 BuildProgress (during a build, at most about ten a second, the last one
  *   always sent): generation_uuid 1, then Nix's count of derivations as uint64s:
  *   done 2, expected 3, running 4, failed 5, and building 6 (repeated string: the
- *   .drv paths building now).
+ *   .drv paths building now); then the store paths Nix copies (to and from remote
+ *   builders, from substituters), counted in paths as uint64s: copies_done 7,
+ *   copies_expected 8 (as far as known yet), and copying 9 (repeated string: the
+ *   paths being copied now).
  *
  * Later versions may add kinds and fields: skip the ones you do not know, as
  * protobuf decoders do.
