@@ -112,13 +112,17 @@ pub enum StoreError {
 /// Why a job (an evaluation or a build) did not succeed.
 ///
 /// Executors return it; the builder turns it into the generation's `eval_err` or
-/// `build_err`. [`JobContext::run`](crate::JobContext::run) produces the first three
-/// on its own.
+/// `build_err`. [`JobContext::run`](crate::JobContext::run) produces all but
+/// [`Failed`](JobError::Failed) on its own (and `Failed` when a command cannot start).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum JobError {
-    /// The job failed; the text says what ran and what it printed last.
+    /// The job failed; the text says what went wrong.
     #[error("{0}")]
     Failed(String),
+    /// A command the job ran exited non-zero or was killed by a signal.
+    #[error("{0}")]
+    Command(CommandFailure),
     /// The job outlived its timeout and was killed.
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
@@ -148,6 +152,57 @@ impl std::fmt::Display for CancelReason {
             CancelReason::Superseded(uuid) => write!(f, "superseded by generation {uuid}"),
             CancelReason::Stopped => f.write_str("stopped"),
             CancelReason::Suspended => f.write_str("suspended"),
+        }
+    }
+}
+
+/// A command that did not succeed: what ran, how it ended, what it printed last.
+///
+/// Its `Display` names the command (quoted as a shell would need it), its exit status
+/// or signal, and the tail of its stderr on the lines below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandFailure {
+    /// The command line, shortened to 300 characters.
+    pub command: String,
+    /// How it ended.
+    pub exit: Exit,
+    /// The last lines of its stderr, at most 4096 bytes (cut on a character boundary).
+    pub stderr_tail: String,
+}
+
+impl CommandFailure {
+    /// A failure of `command`, ended as `exit`, whose stderr ended with `stderr_tail`.
+    pub fn new(command: impl Into<String>, exit: Exit, stderr_tail: impl Into<String>) -> Self {
+        CommandFailure { command: command.into(), exit, stderr_tail: stderr_tail.into() }
+    }
+}
+
+impl std::fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` {}", self.command, self.exit)?;
+        match self.stderr_tail.trim_end() {
+            "" => Ok(()),
+            tail => write!(f, ":\n{tail}"),
+        }
+    }
+}
+
+/// How a command ended, when it did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal (this number) killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal(signal) => write!(f, "killed by signal {signal}"),
         }
     }
 }

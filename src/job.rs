@@ -99,16 +99,19 @@ impl std::fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    /// Runs `cmd` to completion in its own process group, stdin closed, each line of
-    /// stdout and stderr sent to the job's log as it comes.
+    /// Runs `cmd` to completion, stdin closed, each line of stdout and stderr sent to
+    /// the job's log as it comes (lines end at `\n` or `\r`; longer than 64 KiB, they
+    /// come in pieces).
     ///
+    /// The command runs in a cgroup of its own where a writable cgroup v2 hierarchy
+    /// exists, in its own process group otherwise ([`Containment`](crate::Containment)).
     /// Blocks until the command exits, the job's deadline passes or the job is
     /// cancelled; in the two last cases the command's process group gets SIGTERM, then
-    /// after the grace period SIGKILL, as does every descendant (also those that left
-    /// the group with `setsid`), and this returns [`JobError::TimedOut`] or
-    /// [`JobError::Cancelled`]. A command that exits non-zero or by a signal gives
-    /// [`JobError::Failed`] naming the command, its status and the last lines of its
-    /// stderr.
+    /// after the grace period everything it started gets SIGKILL, and this returns
+    /// [`JobError::TimedOut`] or [`JobError::Cancelled`]. When the command exits,
+    /// whatever it left running is killed. A command that exits non-zero or by a signal
+    /// gives [`JobError::Command`] naming the command, its status and the last lines of
+    /// its stderr.
     pub fn run(&self, cmd: Command) -> Result<CommandOutput, JobError> {
         self.run_with(cmd, &mut |stream, line| self.log(stream, line))
     }

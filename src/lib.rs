@@ -192,7 +192,7 @@ mod status;
 pub mod store;
 
 pub use builder::{Builder, BuilderConfig};
-pub use error::{CancelReason, Error, JobError, StoreError};
+pub use error::{CancelReason, CommandFailure, Error, Exit, JobError, StoreError};
 pub use executor::{EvalOutput, EvalRequest, Executor, FlakeExecutor, NixExecutor, NixOptions};
 pub use job::{Job, JobContext, JobOutput, LogSink, Progress, Work};
 pub use process::{CommandOutput, Containment, ProcessOptions, Stream, WaitStrategy};

@@ -1,0 +1,360 @@
+//! A cgroup v2 of its own for every command: the kernel's containment, which no
+//! `setsid`, double fork or re-parenting escapes.
+//!
+//! The cgroup is created before the spawn and entered by the child itself, between
+//! `fork` and `exec` (it writes "0" to a `cgroup.procs` opened beforehand), so not even
+//! the command's first instruction runs outside it. Killing writes "1" to `cgroup.kill`
+//! (Linux ≥ 5.14), or, on older kernels, freezes the cgroup, SIGKILLs every pid listed
+//! in it and thaws it. The cgroup is empty when `cgroup.events` says `populated 0`
+//! (awaited with `poll`, which the kernel wakes on every change of that file); then it
+//! is removed. A cgroup that could not be set up completely is removed on the spot:
+//! nothing is left behind by a failure half-way.
+//!
+//! [`Containment::Auto`] uses a child of this process's own cgroup, found from
+//! `/proc/self/mountinfo` (where cgroup2 is mounted: `/sys/fs/cgroup` on unified hosts,
+//! `/sys/fs/cgroup/unified` on hybrid ones) and `/proc/self/cgroup` (the `0::` line),
+//! never from a fixed path.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use super::{deadline_after, Containment};
+
+/// A command's own cgroup, from its creation to its removal.
+pub(super) struct Cgroup {
+    dir: PathBuf,
+    /// Its `cgroup.procs`, open until the child has entered.
+    procs: Option<OwnedFd>,
+    /// Its `cgroup.events`, for `populated`.
+    events: OwnedFd,
+    entry: Entry,
+    removed: bool,
+}
+
+/// What the child runs between `fork` and `exec` to enter the cgroup: a `write(2)` of
+/// "0" to the `cgroup.procs` opened by the parent. Disabled (fd -1) for a retry
+/// outside any cgroup.
+#[derive(Clone)]
+pub(super) struct Entry(Arc<AtomicI32>);
+
+impl Entry {
+    /// Async-signal-safe: one atomic load and one system call, no allocation.
+    pub(super) fn enter(&self) -> io::Result<()> {
+        let fd = self.0.load(Ordering::Relaxed);
+        if fd < 0 {
+            return Ok(());
+        }
+        // SAFETY: the parent keeps the fd open until `spawn` has returned.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::io::write(fd, b"0").map(drop).map_err(io::Error::from)
+    }
+
+    pub(super) fn disable(&self) {
+        self.0.store(-1, Ordering::Relaxed);
+    }
+}
+
+impl Cgroup {
+    /// The cgroup `containment` asks for: `None` for the process tree (also when
+    /// [`Containment::Auto`] finds no writable cgroup v2), an error when
+    /// [`Containment::Cgroup`]'s directory does not take a child.
+    pub(super) fn for_command(containment: &Containment) -> Result<Option<Cgroup>, String> {
+        match containment {
+            Containment::ProcessTree => Ok(None),
+            Containment::Auto => {
+                let Some(parent) = auto_parent() else { return Ok(None) };
+                match Cgroup::create(parent) {
+                    Ok(cgroup) => Ok(Some(cgroup)),
+                    Err(e) => {
+                        log::debug!("cannot create a cgroup under {} ({e}): process tree", parent.display());
+                        Ok(None)
+                    }
+                }
+            }
+            Containment::Cgroup(parent) => Cgroup::create(parent).map(Some).map_err(|e| {
+                format!(
+                    "cannot create a cgroup for the command under {} ({e}); it must be a writable \
+                     cgroup v2 directory (or use Containment::Auto, which falls back to the process tree)",
+                    parent.display()
+                )
+            }),
+        }
+    }
+
+    /// A new child cgroup of `parent`, named after this process and a counter.
+    pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut attempts = 0;
+        let dir = loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = parent.join(format!("genbuild-{}-{n}", std::process::id()));
+            match fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                // Left by an earlier process with the same pid: not ours to remove.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let open = || -> io::Result<(OwnedFd, OwnedFd)> {
+            let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+            let events = fs::File::open(dir.join("cgroup.events"))?;
+            Ok((procs.into(), events.into()))
+        };
+        match open() {
+            Ok((procs, events)) => {
+                let entry = Entry(Arc::new(AtomicI32::new(procs.as_raw_fd())));
+                Ok(Cgroup { dir, procs: Some(procs), events, entry, removed: false })
+            }
+            Err(e) => {
+                let _ = fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The hook a child runs to enter this cgroup.
+    pub(super) fn entry(&self) -> Entry {
+        self.entry.clone()
+    }
+
+    /// The child is in: `cgroup.procs` is no longer needed.
+    pub(super) fn spawned(&mut self) {
+        self.entry.disable();
+        self.procs = None;
+    }
+
+    /// SIGKILL to every process in the cgroup and below; returns at once (see
+    /// [`wait_empty`](Cgroup::wait_empty)).
+    pub(super) fn kill(&self) -> io::Result<()> {
+        match fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.kill")) {
+            Ok(mut kill) => kill.write_all(b"1"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.freeze_and_kill(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kernels before 5.14 have no `cgroup.kill`: a frozen cgroup cannot fork, so its
+    /// list of pids is complete; SIGKILL reaches frozen tasks in cgroup v2.
+    pub(super) fn freeze_and_kill(&self) -> io::Result<()> {
+        fs::write(self.dir.join("cgroup.freeze"), "1")?;
+        self.wait_for("frozen 1", Some(Duration::from_secs(1)));
+        for pid in pids_below(&self.dir) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        fs::write(self.dir.join("cgroup.freeze"), "0")
+    }
+
+    /// Whether no process is left in the cgroup or below it.
+    pub(super) fn is_empty(&self) -> bool {
+        self.says("populated 0")
+    }
+
+    /// Until the cgroup is empty, or `limit` passed (`None`: no limit); whether it is.
+    pub(super) fn wait_empty(&self, limit: Option<Duration>) -> bool {
+        self.wait_for("populated 0", limit)
+    }
+
+    fn wait_for(&self, line: &str, limit: Option<Duration>) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let deadline = limit.and_then(deadline_after);
+        loop {
+            if self.says(line) {
+                return true;
+            }
+            let timeout = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(super::wait::timespec(left)),
+                    _ => return false,
+                },
+                None => None,
+            };
+            let mut fds = [PollFd::new(&self.events, PollFlags::PRI)];
+            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        }
+    }
+
+    /// Whether `cgroup.events` holds `line` (read afresh, which also re-arms `poll`).
+    fn says(&self, line: &str) -> bool {
+        let mut buf = [0u8; 256];
+        match rustix::io::pread(self.events.as_fd(), &mut buf, 0) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == line),
+            // Gone: nothing can be in it.
+            Err(_) => line.starts_with("populated"),
+        }
+    }
+
+    /// Removes the cgroup (and any cgroup its processes created below it); it must be
+    /// empty.
+    pub(super) fn remove(mut self) -> io::Result<()> {
+        self.removed = true;
+        remove_tree(&self.dir)
+    }
+}
+
+impl Drop for Cgroup {
+    /// A cgroup abandoned half-way (the command could not start, or a panic) is killed,
+    /// awaited and removed all the same.
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        if !self.is_empty() {
+            let _ = self.kill();
+            if !self.wait_empty(Some(super::wait::REAP_LIMIT)) {
+                log::warn!("cgroup {} is still populated after SIGKILL; left in place", self.dir.display());
+                return;
+            }
+        }
+        if let Err(e) = remove_tree(&self.dir) {
+            log::warn!("cannot remove cgroup {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Depth first: a process running as root may have created cgroups below its own.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => {
+            let subdirs: Vec<PathBuf> = fs::read_dir(dir)?
+                .flatten()
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|entry| entry.path())
+                .collect();
+            if subdirs.is_empty() {
+                return Err(e);
+            }
+            for subdir in subdirs {
+                remove_tree(&subdir)?;
+            }
+            fs::remove_dir(dir)
+        }
+    }
+}
+
+/// Every pid in `dir`'s `cgroup.procs` and in those of the cgroups below it.
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            pids.extend(pids_below(&entry.path()));
+        }
+    }
+    pids
+}
+
+/// This process's own cgroup v2 directory, when the hierarchy is mounted; looked up
+/// once.
+fn auto_parent() -> Option<&'static Path> {
+    static PARENT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PARENT
+        .get_or_init(|| {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let found = own_cgroup_dir(&mountinfo, &own);
+            match &found {
+                Some(dir) => log::debug!("commands get cgroups under {}", dir.display()),
+                None => log::debug!("no cgroup v2 hierarchy of this process is mounted: process trees"),
+            }
+            found
+        })
+        .as_deref()
+}
+
+/// Where this process's cgroup v2 (`0::PATH` in `cgroup`) appears under a `cgroup2`
+/// mount of `mountinfo`.
+pub(super) fn own_cgroup_dir(mountinfo: &str, cgroup: &str) -> Option<PathBuf> {
+    let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim_end();
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let (root, point) = (unescape(fields.get(3)?), unescape(fields.get(4)?));
+        // A mount of a sub-tree (containers) shows only what is below its root.
+        let relative = own.strip_prefix(root.trim_end_matches('/'))?;
+        if !(relative.is_empty() || relative.starts_with('/')) {
+            return None;
+        }
+        Some(Path::new(&point).join(relative.trim_start_matches('/')))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|o| bytes[i] == b'\\' && o.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(o) => {
+                out.push(o.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn the_own_cgroup_is_found_under_the_cgroup2_mount() {
+        let own = "6:freezer:/\n0::/\n";
+        assert_eq!(own_cgroup_dir(HYBRID, own), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let own = "0::/system.slice/agent.service\n";
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            own_cgroup_dir(unified, own),
+            Some(PathBuf::from("/sys/fs/cgroup/system.slice/agent.service"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_line_or_mount_means_none() {
+        assert_eq!(own_cgroup_dir(HYBRID, "6:freezer:/\n"), None);
+        let v1_only = "37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n";
+        assert_eq!(own_cgroup_dir(v1_only, "0::/\n"), None);
+    }
+
+    #[test]
+    fn a_mount_of_another_subtree_does_not_hold_the_own_cgroup() {
+        let sub = "30 23 0:26 /other /mnt/cg\\040x rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(own_cgroup_dir(sub, "0::/otherwise/deeper\n"), None);
+        assert_eq!(
+            own_cgroup_dir(sub, "0::/other/deeper\n"),
+            Some(PathBuf::from("/mnt/cg x/deeper"))
+        );
+    }
+}

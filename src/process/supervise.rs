@@ -1,0 +1,294 @@
+//! The life of one command on the job's thread, from spawn to reap: one `poll` over its
+//! pipes, its exit and the cancel switch, then the kills, the drain and the reap, in
+//! the order the module documentation of [`super`] gives.
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::Signal;
+
+use super::cgroup::Cgroup;
+use super::pipes::{Output, Pipe, MAX_LINE};
+use super::tree::{self, ProcId};
+use super::wait::{self, ExitWatch, REAP_LIMIT};
+use super::{deadline_after, CommandOutput, Limits, Stream};
+use crate::error::{CommandFailure, Exit, JobError};
+
+/// How long the pipes may stay open once every process we know of is dead; past it the
+/// holder is some escaped process, found through the pipe and killed.
+const PIPE_GRACE: Duration = Duration::from_millis(200);
+/// Without a cancel fd (none could be created), how often cancellation is checked.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Why a command's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Exited,
+    Cancelled,
+    TimedOut,
+}
+
+/// What a [`Supervisor::pump`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The exit, the cancel switch or the deadline.
+    Running,
+    /// The exit after SIGTERM, or the end of the grace.
+    Terminating,
+    /// The pipes' end, or the end of [`PIPE_GRACE`].
+    Draining,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    Exited,
+    Cancelled,
+    Deadline,
+    PipesClosed,
+}
+
+pub(super) fn supervise(
+    mut child: Child,
+    cgroup: Option<Cgroup>,
+    limits: &Limits<'_>,
+    on_line: &mut dyn FnMut(Stream, &str),
+    description: String,
+) -> Result<CommandOutput, JobError> {
+    let watch = match ExitWatch::new(&child, limits.options.wait) {
+        Ok(watch) => watch,
+        Err(e) => {
+            let _ = rustix::process::kill_process_group(wait::pid_of(&child), Signal::KILL);
+            let _ = child.wait();
+            return Err(JobError::Failed(format!("cannot watch `{description}` for its exit: {e}")));
+        }
+    };
+    let pipes = [
+        child.stdout.take().map(|p| Pipe::new(Stream::Stdout, p)),
+        child.stderr.take().map(|p| Pipe::new(Stream::Stderr, p)),
+    ];
+    Supervisor {
+        child: Some(child),
+        watch,
+        cgroup,
+        pipes: pipes.into_iter().flatten().collect(),
+        output: Output::new(on_line),
+        buf: vec![0; MAX_LINE],
+        limits,
+        description,
+        known: HashSet::new(),
+    }
+    .run()
+}
+
+struct Supervisor<'o, 'l> {
+    /// `None` once reaped or handed to a reaper.
+    child: Option<Child>,
+    watch: ExitWatch,
+    cgroup: Option<Cgroup>,
+    /// The pipes still open.
+    pipes: Vec<Pipe>,
+    output: Output<'o>,
+    buf: Vec<u8>,
+    limits: &'l Limits<'l>,
+    description: String,
+    /// Without a cgroup: the processes seen below the command.
+    known: HashSet<ProcId>,
+}
+
+impl Supervisor<'_, '_> {
+    fn run(mut self) -> Result<CommandOutput, JobError> {
+        let cause = match self.pump(Some(self.limits.deadline), Phase::Running) {
+            Woke::Exited => Cause::Exited,
+            Woke::Cancelled => Cause::Cancelled,
+            _ => Cause::TimedOut,
+        };
+        if cause != Cause::Exited {
+            self.terminate();
+        }
+        self.kill_everything();
+        let status = self.reap();
+        let stuck = status.is_none()
+            || self.cgroup.as_ref().is_some_and(|cgroup| !cgroup.wait_empty(Some(REAP_LIMIT)));
+        self.drain();
+        let (child, cgroup) = (self.child.take(), self.cgroup.take());
+        if stuck {
+            wait::hand_off(child, cgroup, &self.description);
+        } else if let Some(cgroup) = cgroup {
+            if let Err(e) = cgroup.remove() {
+                log::warn!("cannot remove the cgroup of `{}`: {e}", self.description);
+            }
+        }
+        let limits = self.limits;
+        let description = std::mem::take(&mut self.description);
+        let (stdout, stderr_tail) = self.output.finish(&description);
+        match (cause, status) {
+            (Cause::Cancelled, _) => Err(limits.cancel.error()),
+            (Cause::TimedOut, _) => Err(JobError::TimedOut(limits.timeout)),
+            (Cause::Exited, Some(Ok(status))) if status.success() => Ok(CommandOutput { stdout, stderr_tail }),
+            (Cause::Exited, Some(Ok(status))) => {
+                Err(JobError::Command(CommandFailure::new(description, exit_of(status), stderr_tail)))
+            }
+            (Cause::Exited, Some(Err(e))) => Err(JobError::Failed(format!("cannot reap `{description}`: {e}"))),
+            (Cause::Exited, None) => unreachable!("an exited command is reaped at once"),
+        }
+    }
+
+    /// Cancel or timeout: SIGTERM to the group, the grace, then SIGKILL to everything.
+    fn terminate(&mut self) {
+        let Some(pid) = self.child.as_ref().map(wait::pid_of) else { return };
+        if self.cgroup.is_none() {
+            // Before the first signal: a builder whose parent dies is lost to later walks.
+            self.known = tree::descendants(&[tree::proc_id(pid.as_raw_nonzero().get())].into());
+        }
+        log::debug!("terminating `{}` (pid {pid})", self.description);
+        let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+        self.pump(deadline_after(self.limits.grace), Phase::Terminating);
+    }
+
+    /// SIGKILL to whatever is left: the cgroup, or the known tree and the group. The
+    /// leader is not reaped yet, so its group id is still ours.
+    fn kill_everything(&mut self) {
+        let Some(pid) = self.child.as_ref().map(wait::pid_of) else { return };
+        if let Some(cgroup) = &self.cgroup {
+            if cgroup.is_empty() {
+                return;
+            }
+            match cgroup.kill() {
+                Ok(()) => return,
+                Err(e) => log::warn!("cannot kill cgroup {} ({e}): killing the tree", cgroup.dir().display()),
+            }
+        }
+        let mut roots = self.known.clone();
+        if !self.watch.exited() {
+            roots.insert(tree::proc_id(pid.as_raw_nonzero().get()));
+        }
+        if !roots.is_empty() {
+            let found = tree::descendants(&roots);
+            self.known.extend(found);
+            tree::kill_all(&self.known);
+        }
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+
+    /// The leader's status, once it exited within [`REAP_LIMIT`]; `None` if it did not.
+    fn reap(&mut self) -> Option<std::io::Result<ExitStatus>> {
+        let child = self.child.as_mut()?;
+        let status = self.watch.reap(child, REAP_LIMIT);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Reads the pipes to their end; past [`PIPE_GRACE`], kills their holders and closes
+    /// them.
+    fn drain(&mut self) {
+        if self.pump(deadline_after(PIPE_GRACE), Phase::Draining) == Woke::PipesClosed {
+            return;
+        }
+        let inodes: Vec<u64> = self.pipes.iter().filter_map(Pipe::inode).collect();
+        let holders = tree::pipe_holders(&inodes);
+        log::warn!(
+            "`{}` ended but processes outside its reach hold its output open: killing {:?}",
+            self.description,
+            holders.iter().map(|h| h.0).collect::<Vec<_>>()
+        );
+        tree::kill_all(&holders);
+        for pipe in std::mem::take(&mut self.pipes) {
+            pipe.close(&mut self.output);
+        }
+    }
+
+    /// Polls the pipes (handing out what they carry), the exit and the cancel switch
+    /// until what `phase` waits for happens or `deadline` passes (`None`: never).
+    fn pump(&mut self, deadline: Option<Instant>, phase: Phase) -> Woke {
+        let cancel = self.limits.cancel;
+        loop {
+            if phase == Phase::Running && cancel.is_cancelled() {
+                return Woke::Cancelled;
+            }
+            if phase != Phase::Draining && self.watch.exited() {
+                return Woke::Exited;
+            }
+            if phase == Phase::Draining && self.pipes.is_empty() {
+                return Woke::PipesClosed;
+            }
+            let mut left = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Woke::Deadline,
+                },
+                None => None,
+            };
+            let cancel_fd = cancel.wake().map(|w| w.fd()).filter(|_| phase == Phase::Running);
+            if phase == Phase::Running && cancel_fd.is_none() {
+                left = Some(left.map_or(CANCEL_CHECK, |l| l.min(CANCEL_CHECK)));
+            }
+            let mut fds: Vec<PollFd<'_>> =
+                self.pipes.iter().map(|p| PollFd::from_borrowed_fd(p.fd(), PollFlags::IN)).collect();
+            let exit_at = fds.len();
+            if phase != Phase::Draining {
+                fds.push(PollFd::from_borrowed_fd(self.watch.fd(), PollFlags::IN));
+            }
+            if let Some(fd) = cancel_fd {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            }
+            match rustix::event::poll(&mut fds, left.map(wait::timespec).as_ref()) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("poll failed ({e}) while running `{}`", self.description);
+                    return Woke::Deadline;
+                }
+            }
+            let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            drop(fds);
+            if phase != Phase::Draining && ready[exit_at] {
+                self.watch.set_exited();
+            }
+            // Backwards, so that removing a pipe does not shift those still to read.
+            for i in (0..exit_at).rev() {
+                if ready[i] && !self.pipes[i].read(&mut self.buf, &mut self.output) {
+                    self.pipes.remove(i);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Supervisor<'_, '_> {
+    /// Only reached with a child still here if the line callback panicked: the
+    /// command's processes must not outlive the job all the same.
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill_everything();
+            if self.reap().is_none() {
+                wait::hand_off(self.child.take(), self.cgroup.take(), &self.description);
+            }
+        }
+    }
+}
+
+fn exit_of(status: ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(signal)) => Exit::Signal(signal),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_failure_names_command_status_and_tail() {
+        let failure = |status, tail| CommandFailure::new("false", exit_of(ExitStatus::from_raw(status)), tail);
+        assert_eq!(failure(1 << 8, "oops\n").to_string(), "`false` exited with status 1:\noops");
+        assert_eq!(failure(9, "").to_string(), "`false` killed by signal 9");
+    }
+}

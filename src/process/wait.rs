@@ -1,0 +1,204 @@
+//! Waiting for a command's exit without reaping it, and reaping it with a bound.
+//!
+//! The exit is *observed* first and the command reaped last, after its leftovers were
+//! killed: while the leader is a zombie its pid, and so its process group id, cannot be
+//! recycled, so no signal ever reaches a stranger.
+//!
+//! * Linux ([`WaitStrategy::Pidfd`]): a pidfd, readable once the process exited; the
+//!   job's thread polls it with everything else. Its bounded reap is a `poll` of the
+//!   pidfd with a limit: no signal handler in the embedding program.
+//! * Elsewhere ([`WaitStrategy::Portable`]): a thread blocked in `waitid(WNOWAIT)`
+//!   wakes an fd the job's thread polls. Its bounded reap uses the `wait-timeout`
+//!   crate, the portable way to wait for a child with a limit (it installs a
+//!   process-wide SIGCHLD handler that chains to the previous one, once).
+//!
+//! A process that does not die within [`REAP_LIMIT`] of SIGKILL is in uninterruptible
+//! sleep (a hung NFS mount, a frozen cgroup v1): it is handed to a detached reaper
+//! thread and logged, and `stop()` returns instead of blocking for ever.
+
+use std::io;
+use std::process::{Child, ExitStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::process::Pid;
+
+use super::cgroup::Cgroup;
+use super::wake::Wake;
+use super::{deadline_after, WaitStrategy};
+
+/// How long a killed process may take to exit before a reaper thread takes it over.
+/// Generous: a large process under load takes a while to release its memory.
+pub(crate) const REAP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Observes a child's exit without reaping it.
+pub(super) enum ExitWatch {
+    /// Readable once the process exited.
+    Pidfd { pidfd: OwnedFd, exited: bool },
+    /// Woken by a `waitid(WNOWAIT)` thread once the process exited.
+    Thread { woken: Arc<Wake>, exited: bool },
+}
+
+impl ExitWatch {
+    pub(super) fn new(child: &Child, strategy: WaitStrategy) -> io::Result<ExitWatch> {
+        let pid = pid_of(child);
+        if strategy == WaitStrategy::Pidfd {
+            match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+                Ok(pidfd) => return Ok(ExitWatch::Pidfd { pidfd, exited: false }),
+                Err(e) => log::debug!("pidfd_open failed ({e}); using the portable wait"),
+            }
+        }
+        let woken = Arc::new(Wake::new()?);
+        let wake = woken.clone();
+        std::thread::Builder::new().name("genbuild-waitid".into()).spawn(move || {
+            use rustix::process::{waitid, WaitId, WaitIdOptions};
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+            while let Err(rustix::io::Errno::INTR) = waitid(WaitId::Pid(pid), options) {}
+            wake.wake();
+        })?;
+        Ok(ExitWatch::Thread { woken, exited: false })
+    }
+
+    /// What to poll for the exit.
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ExitWatch::Pidfd { pidfd, .. } => pidfd.as_fd(),
+            ExitWatch::Thread { woken, .. } => woken.fd(),
+        }
+    }
+
+    pub(super) fn exited(&self) -> bool {
+        match self {
+            ExitWatch::Pidfd { exited, .. } | ExitWatch::Thread { exited, .. } => *exited,
+        }
+    }
+
+    /// Records that [`fd`](ExitWatch::fd) polled readable.
+    pub(super) fn set_exited(&mut self) {
+        match self {
+            ExitWatch::Pidfd { exited, .. } | ExitWatch::Thread { exited, .. } => *exited = true,
+        }
+    }
+
+    /// Until the process exits or `limit` passes (`None`: no limit); whether it exited.
+    pub(super) fn wait_exit(&mut self, limit: Option<Duration>) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let deadline = limit.and_then(deadline_after);
+        while !self.exited() {
+            let timeout = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(timespec(left)),
+                    _ => return false,
+                },
+                None => None,
+            };
+            let mut fds = [PollFd::from_borrowed_fd(self.fd(), PollFlags::IN)];
+            if matches!(rustix::event::poll(&mut fds, timeout.as_ref()), Ok(n) if n > 0) {
+                self.set_exited();
+            }
+        }
+        true
+    }
+
+    /// Reaps `child` if it exits within `limit`; `None` if it does not.
+    pub(super) fn reap(&mut self, child: &mut Child, limit: Duration) -> Option<io::Result<ExitStatus>> {
+        if let ExitWatch::Thread { exited: false, .. } = self {
+            use wait_timeout::ChildExt;
+            return child.wait_timeout(limit).transpose();
+        }
+        self.wait_exit(Some(limit)).then(|| child.wait())
+    }
+}
+
+/// Hands a child that did not die, and its cgroup (or a cgroup that did not empty), to
+/// a detached thread that reaps the child whenever it exits, then empties and removes
+/// the cgroup.
+pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description: &str) {
+    let pid = child.as_ref().map(Child::id);
+    log::warn!(
+        "`{description}` (pid {pid:?}) or a process of its cgroup did not exit within {REAP_LIMIT:?} of \
+         SIGKILL (uninterruptible sleep?); a reaper thread waits for it"
+    );
+    let description = description.to_string();
+    let reaper = std::thread::Builder::new().name("genbuild-reaper".into()).spawn(move || {
+        if let Some(mut child) = child {
+            let status = child.wait();
+            log::warn!("`{description}` (pid {pid:?}) finally ended: {status:?}");
+        }
+        if let Some(cgroup) = cgroup {
+            let _ = cgroup.kill();
+            cgroup.wait_empty(None);
+            if let Err(e) = cgroup.remove() {
+                log::warn!("cannot remove the cgroup of `{description}`: {e}");
+            }
+        }
+    });
+    if let Err(e) = reaper {
+        log::error!("cannot start a reaper thread ({e}): pid {pid:?} stays a zombie once it exits");
+    }
+}
+
+pub(super) fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
+}
+
+/// A `poll` timeout; durations past what the kernel takes saturate.
+pub(super) fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64 / 2) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Instant;
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    }
+
+    fn gone(pid: u32) -> bool {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// The bounded reap and the hand-off, with a process whose exit the test controls:
+    /// a `sleep` nobody killed stands for one stuck in uninterruptible sleep after
+    /// SIGKILL. Both strategies give up after the limit, and the reaper reaps it (no
+    /// zombie) once it does exit.
+    #[test]
+    fn a_process_that_does_not_exit_in_time_is_handed_to_a_reaper() {
+        for strategy in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+            let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+            let pid = child.id();
+            let mut watch = ExitWatch::new(&child, strategy).unwrap();
+            let started = Instant::now();
+            assert!(watch.reap(&mut child, Duration::from_millis(100)).is_none(), "{strategy:?}");
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(90) && waited < Duration::from_secs(5), "{waited:?}");
+            hand_off(Some(child), None, "sleep 30");
+            assert!(alive(pid));
+            rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL)
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !gone(pid) {
+                assert!(Instant::now() < deadline, "{strategy:?}: the reaper did not reap {pid}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    #[test]
+    fn a_process_that_exits_in_time_is_reaped() {
+        for strategy in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+            let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+            let mut watch = ExitWatch::new(&child, strategy).unwrap();
+            let status = watch.reap(&mut child, Duration::from_secs(10)).expect("exited").unwrap();
+            assert_eq!(status.code(), Some(3), "{strategy:?}");
+        }
+    }
+}
