@@ -304,7 +304,9 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|o| bytes[i] == b'\\' && o.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|o| bytes[i] == b'\\' && o.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(o) => {
                 out.push(o.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
@@ -352,9 +354,6 @@ mod tests {
     fn a_mount_of_another_subtree_does_not_hold_the_own_cgroup() {
         let sub = "30 23 0:26 /other /mnt/cg\\040x rw - cgroup2 cgroup2 rw\n";
         assert_eq!(own_cgroup_dir(sub, "0::/otherwise/deeper\n"), None);
-        assert_eq!(
-            own_cgroup_dir(sub, "0::/other/deeper\n"),
-            Some(PathBuf::from("/mnt/cg x/deeper"))
-        );
+        assert_eq!(own_cgroup_dir(sub, "0::/other/deeper\n"), Some(PathBuf::from("/mnt/cg x/deeper")));
     }
 }

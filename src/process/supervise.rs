@@ -127,11 +127,15 @@ impl Supervisor<'_, '_> {
         match (cause, status) {
             (Cause::Cancelled, _) => Err(limits.cancel.error()),
             (Cause::TimedOut, _) => Err(JobError::TimedOut(limits.timeout)),
-            (Cause::Exited, Some(Ok(status))) if status.success() => Ok(CommandOutput { stdout, stderr_tail }),
+            (Cause::Exited, Some(Ok(status))) if status.success() => {
+                Ok(CommandOutput { stdout, stderr_tail })
+            }
             (Cause::Exited, Some(Ok(status))) => {
                 Err(JobError::Command(CommandFailure::new(description, exit_of(status), stderr_tail)))
             }
-            (Cause::Exited, Some(Err(e))) => Err(JobError::Failed(format!("cannot reap `{description}`: {e}"))),
+            (Cause::Exited, Some(Err(e))) => {
+                Err(JobError::Failed(format!("cannot reap `{description}`: {e}")))
+            }
             (Cause::Exited, None) => unreachable!("an exited command is reaped at once"),
         }
     }
@@ -287,7 +291,8 @@ mod tests {
 
     #[test]
     fn a_failure_names_command_status_and_tail() {
-        let failure = |status, tail| CommandFailure::new("false", exit_of(ExitStatus::from_raw(status)), tail);
+        let failure =
+            |status, tail| CommandFailure::new("false", exit_of(ExitStatus::from_raw(status)), tail);
         assert_eq!(failure(1 << 8, "oops\n").to_string(), "`false` exited with status 1:\noops");
         assert_eq!(failure(9, "").to_string(), "`false` killed by signal 9");
     }

@@ -51,7 +51,8 @@ pub(super) fn pipe_holders(inodes: &[u64]) -> Vec<ProcId> {
         .filter(|pid| {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
             fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|target| names.iter().any(|n| target.as_os_str() == &**n))
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| names.iter().any(|n| target.as_os_str() == &**n))
             })
         })
         .map(proc_id)
@@ -164,11 +165,7 @@ mod tests {
     #[test]
     fn the_holder_of_a_pipe_is_found_by_its_inode() {
         use std::os::unix::fs::MetadataExt;
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Command::new("sleep").arg("30").stdout(std::process::Stdio::piped()).spawn().unwrap();
         let pipe = child.stdout.take().unwrap();
         let inode = std::fs::File::from(std::os::fd::OwnedFd::from(pipe)).metadata().unwrap().ino();
         let holders = pipe_holders(&[inode]);

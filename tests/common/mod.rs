@@ -7,6 +7,7 @@ pub mod remote;
 pub mod store;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -247,4 +248,32 @@ pub fn assert_threads_at_most(at_most: usize) {
 /// The generation `uuid` as the store has it.
 pub fn generation(store: &Store, uuid: &str) -> proto::Generation {
     store.generation(uuid).unwrap_or_else(|| panic!("no generation {uuid} in the store"))
+}
+
+/// Where `Containment::Auto` puts the commands' cgroups on this machine, if anywhere:
+/// this process's cgroup v2 directory (from /proc/self/mountinfo and /proc/self/cgroup),
+/// when a child cgroup can be created in it.
+pub fn writable_cgroup() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+    let dir = mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split(' ').next()? == "cgroup2").then_some(())?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let relative = own.strip_prefix(fields.get(3)?.trim_end_matches('/'))?;
+        Some(PathBuf::from(fields.get(4)?).join(relative.trim_start_matches('/')))
+    })?;
+    let probe = dir.join(format!("genbuild-probe-{}", nonce()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(dir)
+}
+
+/// What `Containment::Auto` means on this machine, for a test to print.
+pub fn auto_containment() -> String {
+    match writable_cgroup() {
+        Some(dir) => format!("Auto: a cgroup v2 per command under {}", dir.display()),
+        None => "Auto: the process tree (no writable cgroup v2)".to_string(),
+    }
 }

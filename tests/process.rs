@@ -1,0 +1,427 @@
+//! The subprocess protocol against processes that try to escape it: a double-forked
+//! `setsid` daemon that ignores SIGTERM, a grandchild that keeps the pipes after its
+//! parent exited, a command that closes its stdout early or floods its pipe, graces and
+//! timeouts of `Duration::MAX`, cgroups that cannot be created, two jobs at once.
+//!
+//! Every test prints the containment it ran under (`containment: …`): a cgroup v2 of
+//! each command's own where the hierarchy is writable (root here), the process tree
+//! otherwise; tests that need the cgroup say so and are skipped, with the reason,
+//! where there is none. Every test checks that no process carrying its nonce is left.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use genbuild::{CancelReason, Containment, Job, JobContext, JobError, ProcessOptions, Stream, WaitStrategy};
+
+/// The containments to try here, each printed as the test runs it.
+fn containments(test: &str) -> Vec<Containment> {
+    let mut all = vec![Containment::ProcessTree];
+    match writable_cgroup() {
+        Some(dir) => all.push(Containment::Cgroup(dir)),
+        None => eprintln!("{test}: no writable cgroup v2 here: the cgroup variant is skipped"),
+    }
+    all
+}
+
+fn describe(containment: &Containment) -> String {
+    match containment {
+        Containment::Cgroup(dir) => format!("cgroup v2 under {}", dir.display()),
+        other => format!("{other:?}"),
+    }
+}
+
+fn options(containment: &Containment, wait: WaitStrategy) -> ProcessOptions {
+    let mut options = ProcessOptions::default();
+    options.containment = containment.clone();
+    options.wait = wait;
+    options.kill_grace = Duration::from_millis(200);
+    options
+}
+
+/// A job running `sh -c script` whose lines go to the returned channel.
+fn shell_job(
+    script: String,
+    timeout: Duration,
+    options: ProcessOptions,
+) -> (Job, crossbeam_channel::Receiver<String>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let job = Job::new(
+        move |ctx: &JobContext| {
+            let tx = tx.clone();
+            ctx.run_with(sh(&script), &mut |_, line| {
+                let _ = tx.send(line.to_string());
+            })
+            .map(drop)
+        },
+        timeout,
+    )
+    .with_options(options);
+    (job, rx)
+}
+
+fn wait_line(lines: &crossbeam_channel::Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let line =
+            lines.recv_deadline(deadline).unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+/// Kills whatever carries `marker` (so that a failing test does not leak into others)
+/// and fails if there was any.
+fn assert_none_left(marker: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_with(marker).is_empty() && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let left = processes_with(marker);
+    for &pid in &left {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(left.is_empty(), "{what}: processes left alive: {left:?}");
+}
+
+/// A daemon the classic way: fork, `setsid`, fork again, the middle process exits, the
+/// daemon ignores SIGTERM. `stdio` decides whether it keeps the command's pipes.
+fn daemon(n: &str, keep_pipes: bool) -> String {
+    let redirect = if keep_pipes { "" } else { " </dev/null >/dev/null 2>&1" };
+    format!(
+        "setsid sh -c 'trap \"\" TERM; sh -c \"trap \\\"\\\" TERM; exec sleep 300.{n}\"{redirect} & exit 0'{redirect}; "
+    )
+}
+
+#[test]
+fn a_double_forked_setsid_daemon_that_ignores_sigterm_is_gone_after_stop() {
+    for containment in containments("setsid daemon") {
+        for keep_pipes in [false, true] {
+            // The process tree cannot reach a daemon whose parent died and that let go of
+            // the pipes: that is what the cgroup is for (Containment's docs say so).
+            if containment == Containment::ProcessTree && !keep_pipes {
+                continue;
+            }
+            let n = nonce();
+            eprintln!("containment: {} (daemon keeps the pipes: {keep_pipes})", describe(&containment));
+            let script = format!("{}echo started; exec sleep 300.{n}", daemon(&n, keep_pipes));
+            let (mut job, lines) = shell_job(script, HANG, options(&containment, WaitStrategy::Pidfd));
+            job.start();
+            wait_line(&lines, "started");
+            wait_for_processes(&format!("300.{n}"), 2);
+            let started = Instant::now();
+            job.stop();
+            let took = started.elapsed();
+            assert_eq!(job.error(), Some(&JobError::Cancelled(Some(CancelReason::Stopped))));
+            assert_none_left(&n, &describe(&containment));
+            assert!(took < Duration::from_secs(5), "stop() took {took:?}");
+        }
+    }
+}
+
+/// The thread and fd counts of this are checked in `tests/leaks.rs`, a binary where
+/// nothing else runs beside.
+#[test]
+fn a_command_that_exits_while_a_setsid_grandchild_holds_its_pipes_ends_at_once() {
+    for containment in containments("grandchild holding the pipes") {
+        for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+            let n = nonce();
+            eprintln!("containment: {} ({wait:?})", describe(&containment));
+            let script = format!("{}echo exiting; exit 0", daemon(&n, true));
+            let (mut job, lines) = shell_job(script, HANG, options(&containment, wait));
+            let started = Instant::now();
+            job.start();
+            wait_line(&lines, "exiting");
+            job.wait();
+            let took = started.elapsed();
+            assert_eq!(job.error(), None, "{containment:?}");
+            // The command exits a few ms after it starts.
+            assert!(took < Duration::from_millis(1200), "{containment:?} {wait:?}: the job took {took:?}");
+            assert_none_left(&n, &describe(&containment));
+        }
+    }
+}
+
+#[test]
+fn the_command_runs_in_a_cgroup_of_its_own_which_is_removed_afterwards() {
+    let Some(dir) = writable_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return;
+    };
+    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let (mut job, lines) = shell_job("cat /proc/self/cgroup".into(), HANG, ProcessOptions::default());
+    job.start();
+    let line = wait_line(&lines, "0::");
+    job.wait();
+    assert_eq!(job.error(), None);
+    let name = line.rsplit('/').next().unwrap().to_string();
+    assert!(name.starts_with(&format!("genbuild-{}-", std::process::id())), "{line}");
+    assert!(!dir.join(&name).exists(), "{name} was not removed");
+}
+
+#[test]
+fn two_jobs_at_once_each_keep_and_kill_their_own() {
+    for containment in containments("two jobs") {
+        eprintln!("containment: {}", describe(&containment));
+        let (a, b) = (nonce(), nonce());
+        let (mut first, first_lines) = shell_job(
+            format!("{}echo started; sleep 300.{a}", daemon(&a, true)),
+            HANG,
+            options(&containment, WaitStrategy::Pidfd),
+        );
+        let (mut second, second_lines) = shell_job(
+            format!("{}echo started; exit 0", daemon(&b, true)),
+            HANG,
+            options(&containment, WaitStrategy::Pidfd),
+        );
+        first.start();
+        second.start();
+        wait_line(&first_lines, "started");
+        wait_for_processes(&format!("300.{a}"), 2);
+        let first_processes = processes_with(&a);
+        wait_line(&second_lines, "started");
+        second.wait();
+        assert_eq!(second.error(), None);
+        assert_none_left(&b, "the second job's daemon");
+        assert_eq!(processes_with(&a), first_processes, "the first job's processes must be untouched");
+        first.stop();
+        assert_none_left(&a, "the first job's daemon");
+    }
+}
+
+#[test]
+fn a_command_that_closes_its_stdout_early_still_ends_with_its_exit() {
+    for containment in containments("stdout closed early") {
+        eprintln!("containment: {}", describe(&containment));
+        let n = nonce();
+        let script = format!("echo out; exec >&-; sleep 0.3; echo err-{n} >&2; exit 3");
+        let (mut job, lines) = shell_job(script, HANG, options(&containment, WaitStrategy::Pidfd));
+        job.start();
+        job.wait();
+        let Some(JobError::Command(failure)) = job.error() else { panic!("{:?}", job.error()) };
+        assert_eq!(failure.exit, genbuild::Exit::Code(3));
+        assert_eq!(failure.stderr_tail, format!("err-{n}"));
+        assert_eq!(lines.try_iter().collect::<Vec<_>>(), ["out".to_string(), format!("err-{n}")]);
+    }
+}
+
+#[test]
+fn a_command_that_floods_its_pipe_and_never_exits_times_out() {
+    for containment in containments("flood") {
+        for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+            eprintln!("containment: {} ({wait:?})", describe(&containment));
+            let n = nonce();
+            let timeout = Duration::from_millis(500);
+            let mut job = Job::new(
+                move |ctx: &JobContext| {
+                    let mut count = 0u64;
+                    let result = ctx.run_with(sh(&format!("yes flood-{n}")), &mut |_, _| count += 1);
+                    assert!(count > 1000, "only {count} lines were read");
+                    result.map(drop)
+                },
+                timeout,
+            )
+            .with_options(options(&containment, wait));
+            job.start();
+            job.wait();
+            assert_eq!(job.error(), Some(&JobError::TimedOut(timeout)));
+        }
+    }
+}
+
+/// A grace too large for an `Instant` means "never force": SIGTERM only. A command
+/// that exits on SIGTERM is stopped as usual; one that ignores it keeps `stop()`
+/// waiting until it ends some other way. Nothing panics on the overflow.
+#[test]
+fn a_grace_and_timeout_of_duration_max_never_force_and_never_panic() {
+    for containment in containments("Duration::MAX") {
+        eprintln!("containment: {}", describe(&containment));
+        let mut options = options(&containment, WaitStrategy::Pidfd);
+        options.kill_grace = Duration::MAX;
+
+        let n = nonce();
+        let (mut job, lines) = shell_job(
+            format!("trap 'exit 7' TERM; echo started; sleep 300.{n} & wait"),
+            Duration::MAX,
+            options.clone(),
+        );
+        job.start();
+        wait_line(&lines, "started");
+        job.stop();
+        assert_eq!(job.error(), Some(&JobError::Cancelled(Some(CancelReason::Stopped))));
+        assert_none_left(&n, "a command that exits on SIGTERM");
+
+        let n = nonce();
+        let (mut job, lines) =
+            shell_job(format!("trap '' TERM; echo started; exec sleep 300.{n}"), Duration::MAX, options);
+        job.start();
+        wait_line(&lines, "started");
+        let (stopped_tx, stopped) = crossbeam_channel::bounded(1);
+        let stopper = std::thread::spawn(move || {
+            job.stop();
+            let _ = stopped_tx.send(());
+            job
+        });
+        assert!(
+            stopped.recv_timeout(Duration::from_millis(700)).is_err(),
+            "stop() forced a command with a grace of Duration::MAX"
+        );
+        assert_eq!(processes_with(&n).len(), 1, "the command must still run");
+        let pid = processes_with(&n)[0];
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        stopped.recv_timeout(HANG).expect("stop() returns once the command ended");
+        let job = stopper.join().unwrap();
+        assert_eq!(job.error(), Some(&JobError::Cancelled(Some(CancelReason::Stopped))));
+        assert_none_left(&n, "a command that ignores SIGTERM");
+    }
+}
+
+/// Through the builder: `Duration::MAX` timeouts and build grace, a CPU-light
+/// evaluation stopped with the (short) evaluation grace. No panic, nothing left.
+#[test]
+fn a_builder_with_duration_max_timeouts_and_grace_stops_its_evaluation() {
+    let n = nonce();
+    let mut config = config();
+    config.eval_timeout = Duration::MAX;
+    config.build_timeout = Duration::MAX;
+    config.process.kill_grace = Duration::MAX;
+    let (builder, store, _) =
+        builder_with(config, ShellExecutor::new().eval_runs(format!("trap '' TERM; exec sleep 300.{n}")));
+    let uuid = builder.eval(&rs("c1")).unwrap();
+    wait_for_processes(&n, 1);
+    let started = Instant::now();
+    builder.stop();
+    assert!(started.elapsed() < Duration::from_secs(5), "stop() took {:?}", started.elapsed());
+    assert_eq!(generation(&store, &uuid).eval_err, "cancelled: stopped");
+    assert_none_left(&n, "the evaluation");
+}
+
+/// 4,000 four-byte characters on one stderr line: the error keeps at most 4096 bytes
+/// of it, cut on a character boundary.
+#[test]
+fn the_stderr_tail_of_an_error_is_bounded_in_bytes() {
+    let (builder, store, _) =
+        builder(ShellExecutor::new().eval_runs("printf '𝄞%.0s' $(seq 4000) >&2; exit 1"));
+    let uuid = builder.eval(&rs("c1")).unwrap();
+    assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+    let err = generation(&store, &uuid).eval_err;
+    let (head, tail) = err.split_once(":\n").unwrap_or_else(|| panic!("{err}"));
+    assert!(head.ends_with("exited with status 1"), "{head}");
+    assert!(tail.len() <= 4096 && tail.len() > 4096 - 4, "{} bytes", tail.len());
+    assert!(tail.chars().all(|c| c == '𝄞'));
+}
+
+#[test]
+fn a_cgroup_that_cannot_be_created_fails_the_command_and_leaves_nothing() {
+    let n = nonce();
+    // Not a cgroup directory: the child directory is created, its cgroup.procs is
+    // missing, and the directory is removed again.
+    let plain = tempfile::tempdir().unwrap();
+    for parent in [PathBuf::from("/nonexistent/cgroup"), plain.path().to_path_buf()] {
+        let mut options = ProcessOptions::default();
+        options.containment = Containment::Cgroup(parent.clone());
+        let (mut job, _) = shell_job(format!("sleep 300.{n}"), HANG, options);
+        job.start();
+        job.wait();
+        let Some(JobError::Failed(message)) = job.error() else { panic!("{:?}", job.error()) };
+        assert!(message.contains(&parent.display().to_string()), "{message}");
+        assert!(message.contains("cgroup"), "{message}");
+    }
+    assert_eq!(std::fs::read_dir(plain.path()).unwrap().count(), 0, "a half-made cgroup was left");
+    assert_none_left(&n, "a command that should not have started");
+}
+
+#[test]
+fn a_command_that_cannot_start_leaves_no_cgroup_behind() {
+    let Some(dir) = writable_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return;
+    };
+    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let mine = |dir: &PathBuf| {
+        let prefix = format!("genbuild-{}-", std::process::id());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    let mut job = Job::new(|ctx: &JobContext| ctx.run(Command::new("/nonexistent/program")).map(drop), HANG);
+    job.start();
+    job.wait();
+    let Some(JobError::Failed(message)) = job.error() else { panic!("{:?}", job.error()) };
+    assert!(message.contains("cannot start"), "{message}");
+    // Other tests of this binary run beside: wait until none of ours is in flight.
+    let deadline = Instant::now() + HANG;
+    while mine(&dir) > 0 {
+        assert!(Instant::now() < deadline, "cgroups of this process left in {}", dir.display());
+        std::thread::yield_now();
+    }
+}
+
+/// Lines are handed to `on_line` on the job's own thread, in order, with `\r` ending
+/// one.
+#[test]
+fn lines_reach_on_line_on_the_jobs_thread_in_order() {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut job = Job::new(
+        move |ctx: &JobContext| {
+            let me = std::thread::current().id();
+            let out =
+                ctx.run_with(sh("printf 'a\\rb\\r\\nc\\n'; echo d >&2; echo e"), &mut |stream, line| {
+                    assert_eq!(std::thread::current().id(), me);
+                    let _ = tx.send((stream, line.to_string()));
+                })?;
+            assert_eq!(out.stdout, "a\rb\r\nc\ne\n");
+            Ok(())
+        },
+        HANG,
+    );
+    job.start();
+    job.wait();
+    assert_eq!(job.error(), None);
+    let lines: Vec<(Stream, String)> = rx.try_iter().collect();
+    let stdout: Vec<&str> =
+        lines.iter().filter(|(s, _)| *s == Stream::Stdout).map(|(_, l)| l.as_str()).collect();
+    assert_eq!(stdout, ["a", "b", "c", "e"]);
+    assert!(lines.contains(&(Stream::Stderr, "d".to_string())));
+}
+
+/// A job whose command left a grandchild holding its pipes: once the last `Builder`
+/// handle is dropped, a subscriber's receiver disconnects (nothing of the builder
+/// lingers with the grandchild), and the grandchild is gone.
+#[test]
+fn a_subscriber_disconnects_after_the_last_handle_drops() {
+    for containment in containments("subscriber disconnect") {
+        eprintln!("containment: {}", describe(&containment));
+        let n = nonce();
+        let mut config = config();
+        config.process.containment = containment.clone();
+        let script = format!("{}echo evaluated", daemon(&n, true));
+        let (builder, _, _) = builder_with(config, ShellExecutor::new().eval_runs(script));
+        let events = builder.subscribe();
+        let uuid = builder.eval(&rs("c1")).unwrap();
+        assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), uuid);
+        drop(builder);
+        let deadline = Instant::now() + HANG;
+        loop {
+            match events.recv_deadline(deadline) {
+                Ok(_) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("{containment:?}: the subscriber never disconnected: {e}"),
+            }
+        }
+        assert_none_left(&n, &describe(&containment));
+    }
+}
