@@ -324,12 +324,48 @@ fn unescape(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
+
+    /// The fallback for kernels without `cgroup.kill`, on this one: a `setsid`,
+    /// double-forked pair in a fresh cgroup is frozen, listed, killed; the cgroup
+    /// empties and is removed.
+    #[test]
+    fn freezing_and_killing_empties_a_cgroup() {
+        use std::os::unix::process::CommandExt;
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no writable cgroup v2 here");
+            return;
+        };
+        let Ok(mut cgroup) = Cgroup::create(parent) else {
+            eprintln!("skipped: cannot create a cgroup under {}", parent.display());
+            return;
+        };
+        let entry = cgroup.entry();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "setsid sh -c 'sleep 300 & exit 0' </dev/null >/dev/null 2>&1; exec sleep 300"]);
+        // SAFETY: as in `super::super::spawn`.
+        unsafe { cmd.pre_exec(move || entry.enter()) };
+        let mut child = cmd.spawn().unwrap();
+        cgroup.spawned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pids_below(cgroup.dir()).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", pids_below(cgroup.dir()));
+            std::thread::yield_now();
+        }
+        assert!(!cgroup.is_empty());
+        cgroup.freeze_and_kill().unwrap();
+        assert!(cgroup.wait_empty(Some(Duration::from_secs(10))));
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+        let dir = cgroup.dir().to_path_buf();
+        cgroup.remove().unwrap();
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn the_own_cgroup_is_found_under_the_cgroup2_mount() {
