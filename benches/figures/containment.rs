@@ -49,7 +49,7 @@ fn daemon_row(plan: &Plan) -> Row {
         let script = format!("{}sleep 300.{n}; true", daemon(&n, false));
         let (builder, _) = shell_builder(Some(script.clone()), None);
         builder.eval(&rs(&n)).unwrap();
-        wait_for(&format!("sleep 300.{n}"), 2);
+        wait_for(&format!("300.{n}"), 3);
         let t = Instant::now();
         builder.stop();
         ours.push(ms(t.elapsed()));
@@ -59,7 +59,7 @@ fn daemon_row(plan: &Plan) -> Row {
         let m = nonce();
         let script = format!("{}sleep 300.{m}; true", daemon(&m, false));
         let mut child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
-        wait_for(&format!("sleep 300.{m}"), 2);
+        wait_for(&format!("300.{m}"), 3);
         let t = Instant::now();
         child.kill().unwrap();
         child.wait().unwrap();

@@ -191,11 +191,11 @@ impl Executor for BenchExecutor {
 
 pub(crate) fn shell_builder(eval: Option<String>, build: Option<String>) -> (Builder, Arc<Store>) {
     let store = Arc::new(Store::new());
-    let builder = Builder::new(
-        BuilderConfig::new("bench", "/nonexistent"),
-        store.clone(),
-        Arc::new(BenchExecutor::new(eval, build)),
-    );
+    let mut config = BuilderConfig::new("bench", "/nonexistent");
+    if std::env::var("GENBUILD_BENCH_CONTAINMENT").as_deref() == Ok("tree") {
+        config.process.containment = genbuild::Containment::ProcessTree;
+    }
+    let builder = Builder::new(config, store.clone(), Arc::new(BenchExecutor::new(eval, build)));
     (builder, store)
 }
 

@@ -162,8 +162,38 @@ impl Cgroup {
     }
 
     /// Until the cgroup is empty, or `limit` passed (`None`: no limit); whether it is.
+    ///
+    /// The kernel notifies changes of `cgroup.events` at most every 10 ms, so the
+    /// processes listed in the cgroup are awaited through pidfds first (a process leaves
+    /// its cgroup before its pidfd becomes readable); the notification only covers what
+    /// that misses (no pidfds, or a process that was not listed yet).
     pub(super) fn wait_empty(&self, limit: Option<Duration>) -> bool {
-        self.wait_for("populated 0", limit)
+        let deadline = limit.and_then(deadline_after);
+        let pidfds: Vec<OwnedFd> = pids_below(&self.dir)
+            .into_iter()
+            .filter_map(rustix::process::Pid::from_raw)
+            .filter_map(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+            .collect();
+        let mut waiting: Vec<&OwnedFd> = pidfds.iter().collect();
+        while !waiting.is_empty() {
+            use rustix::event::{PollFd, PollFlags};
+            let timeout = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(super::wait::timespec(left)),
+                    _ => return self.is_empty(),
+                },
+                None => None,
+            };
+            let mut fds: Vec<PollFd<'_>> = waiting.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
+            if rustix::event::poll(&mut fds, timeout.as_ref()).is_err() {
+                break;
+            }
+            let exited: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            let mut exited = exited.into_iter();
+            waiting.retain(|_| !exited.next().unwrap_or(false));
+        }
+        // `None` here also stands for a limit too large to have a deadline: no limit.
+        self.wait_for("populated 0", deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())))
     }
 
     fn wait_for(&self, line: &str, limit: Option<Duration>) -> bool {
