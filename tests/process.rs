@@ -166,6 +166,14 @@ fn the_command_runs_in_a_cgroup_of_its_own_which_is_removed_afterwards() {
     assert!(!dir.join(&name).exists(), "{name} was not removed");
 }
 
+/// The `sleep` processes carrying `marker`.
+fn sleepers(marker: &str) -> Vec<i32> {
+    processes_with(marker)
+        .into_iter()
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0")))
+        .collect()
+}
+
 #[test]
 fn two_jobs_at_once_each_keep_and_kill_their_own() {
     for containment in containments("two jobs") {
@@ -184,13 +192,18 @@ fn two_jobs_at_once_each_keep_and_kill_their_own() {
         first.start();
         second.start();
         wait_line(&first_lines, "started");
-        wait_for_processes(&format!("300.{a}"), 2);
-        let first_processes = processes_with(&a);
+        // The command's own `sleep` and the daemon, once it exec'd.
+        let deadline = Instant::now() + HANG;
+        while sleepers(&a).len() < 2 {
+            assert!(Instant::now() < deadline, "the first job's sleepers never ran: {:?}", sleepers(&a));
+            std::thread::yield_now();
+        }
+        let first_sleepers = sleepers(&a);
         wait_line(&second_lines, "started");
         second.wait();
         assert_eq!(second.error(), None);
         assert_none_left(&b, "the second job's daemon");
-        assert_eq!(processes_with(&a), first_processes, "the first job's processes must be untouched");
+        assert_eq!(sleepers(&a), first_sleepers, "the first job's processes must be untouched");
         first.stop();
         assert_none_left(&a, "the first job's daemon");
     }
