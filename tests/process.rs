@@ -91,15 +91,6 @@ fn assert_none_left(marker: &str, what: &str) {
     assert!(left.is_empty(), "{what}: processes left alive: {left:?}");
 }
 
-/// A daemon the classic way: fork, `setsid`, fork again, the middle process exits, the
-/// daemon ignores SIGTERM. `stdio` decides whether it keeps the command's pipes.
-fn daemon(n: &str, keep_pipes: bool) -> String {
-    let redirect = if keep_pipes { "" } else { " </dev/null >/dev/null 2>&1" };
-    format!(
-        "setsid sh -c 'trap \"\" TERM; sh -c \"trap \\\"\\\" TERM; exec sleep 300.{n}\"{redirect} & exit 0'{redirect}; "
-    )
-}
-
 #[test]
 fn a_double_forked_setsid_daemon_that_ignores_sigterm_is_gone_after_stop() {
     for containment in containments("setsid daemon") {

@@ -14,21 +14,14 @@ use std::time::{Duration, Instant};
 
 use genbuild::{Job, JobContext};
 
-use crate::common::{auto_containment, nonce, processes_with, rs, sh};
-use crate::util::{count_and_kill_leftovers, fmt_ms, median, ms, shell_builder};
+use crate::common::{auto_containment, daemon, nonce, processes_with, rs, sh};
+use crate::util::{
+    count_and_kill_leftovers, fmt_ms, kill_and_count, median, ms, shell_builder, stop_and_count,
+};
 use crate::{row, Plan, Row, HANG};
 
 /// How long the reference's wait for the pipes is allowed before it is called endless.
 const PIPE_CAP: Duration = Duration::from_secs(3);
-
-/// fork, `setsid`, fork, the middle exits; the daemon ignores SIGTERM, sleeps 300 s
-/// carrying `nonce`, and keeps the command's pipes or not.
-fn daemon(nonce: &str, keep_pipes: bool) -> String {
-    let redirect = if keep_pipes { "" } else { " </dev/null >/dev/null 2>&1" };
-    format!(
-        "setsid sh -c 'trap \"\" TERM; sh -c \"trap \\\"\\\" TERM; exec sleep 300.{nonce}\"{redirect} & exit 0'{redirect}; "
-    )
-}
 
 pub(crate) fn containment_rows(plan: &Plan) -> Vec<Row> {
     vec![daemon_row(plan), leftover_row(plan)]
@@ -50,21 +43,17 @@ fn daemon_row(plan: &Plan) -> Row {
         let (builder, _) = shell_builder(Some(script.clone()), None);
         builder.eval(&rs(&n)).unwrap();
         wait_for(&format!("300.{n}"), 3);
-        let t = Instant::now();
-        builder.stop();
-        ours.push(ms(t.elapsed()));
-        drop(builder);
-        ours_left += count_and_kill_leftovers(&n);
+        let (took, left) = stop_and_count(builder, &n);
+        ours.push(took);
+        ours_left += left;
 
         let m = nonce();
         let script = format!("{}sleep 300.{m}; true", daemon(&m, false));
-        let mut child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
+        let child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
         wait_for(&format!("300.{m}"), 3);
-        let t = Instant::now();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reference.push(ms(t.elapsed()));
-        ref_left += count_and_kill_leftovers(&m);
+        let (took, left) = kill_and_count(child, &m);
+        reference.push(took);
+        ref_left += left;
     }
     let (ours, reference) = (median(ours), median(reference));
     row(

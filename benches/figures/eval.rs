@@ -10,9 +10,9 @@ use std::time::Instant;
 use genbuild::{Builder, BuilderConfig, NixExecutor, Store};
 
 use crate::common::nix::{Env, Repo};
-use crate::common::{nonce, processes_with, rs};
+use crate::common::{busy_process, nonce, rs, ENDLESS_EVAL};
 use crate::util::{
-    commit_system, count_and_kill_leftovers, fmt_ms, git, median, ms, nix_args, nix_builder, run,
+    commit_system, fmt_ms, git, kill_and_count, median, ms, nix_args, nix_builder, run, stop_and_count,
 };
 use crate::{row, Plan, Row, HANG};
 
@@ -96,41 +96,11 @@ pub(crate) fn eval_rows(plan: &Plan) -> Vec<Row> {
     ]
 }
 
-/// Minutes of evaluation, as [`HEAVY`] a thousand times over.
-const ENDLESS: &str = "(let f = n: if n == 0 then 0 else 1 + f (n - 1); \
-    in toString (builtins.foldl' (a: i: a + builtins.seq (f 10000) i) 0 (builtins.genList (x: x) 1000000)))";
-
-/// User + system CPU time of `pid`, in clock ticks (10 ms).
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-}
-
-/// Until a `nix-instantiate` carrying `marker` has burnt a quarter second of CPU.
-fn busy_evaluator(marker: &str) -> i32 {
-    let deadline = Instant::now() + HANG;
-    loop {
-        assert!(Instant::now() < deadline, "the evaluation never got busy");
-        let busy = processes_with(marker).into_iter().find(|&pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default().to_vec();
-            Path::new(&*String::from_utf8_lossy(&argv0)).file_name().is_some_and(|n| n == "nix-instantiate")
-                && cpu_ticks(pid) >= 25
-        });
-        if let Some(pid) = busy {
-            return pid;
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// stop() while a real evaluation is busy on the CPU, against SIGKILL of the
 /// evaluator and a wait for it.
 pub(crate) fn cpu_bound_stop_row(plan: &Plan) -> Row {
     let (repo, env) = (Repo::new(), Env::new());
-    let commit = commit_system(&repo, "endless", "echo > $out", ENDLESS);
+    let commit = commit_system(&repo, "endless", "echo > $out", ENDLESS_EVAL);
     let (mut ours, mut reference, mut ours_left, mut ref_left) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..plan.stop_reps {
         let n = nonce();
@@ -141,15 +111,13 @@ pub(crate) fn cpu_bound_stop_row(plan: &Plan) -> Row {
         let executor = NixExecutor::new(env.with("system-features", &n));
         let builder = Builder::new(config, Arc::new(Store::new()), Arc::new(executor));
         builder.eval(&rs(&commit)).unwrap();
-        busy_evaluator(&n);
-        let t = Instant::now();
-        builder.stop();
-        ours.push(ms(t.elapsed()));
-        drop(builder);
-        ours_left += count_and_kill_leftovers(&n);
+        busy_process(&n, "nix-instantiate");
+        let (took, left) = stop_and_count(builder, &n);
+        ours.push(took);
+        ours_left += left;
 
         let m = nonce();
-        let mut evaluator = Command::new("nix-instantiate")
+        let evaluator = Command::new("nix-instantiate")
             .args(nix_args())
             .args(["--option", "system-features", &m])
             .arg(repo.path())
@@ -159,12 +127,10 @@ pub(crate) fn cpu_bound_stop_row(plan: &Plan) -> Row {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        busy_evaluator(&m);
-        let t = Instant::now();
-        evaluator.kill().unwrap();
-        evaluator.wait().unwrap();
-        reference.push(ms(t.elapsed()));
-        ref_left += count_and_kill_leftovers(&m);
+        busy_process(&m, "nix-instantiate");
+        let (took, left) = kill_and_count(evaluator, &m);
+        reference.push(took);
+        ref_left += left;
     }
     let (ours, reference) = (median(ours), median(reference));
     row(

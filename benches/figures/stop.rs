@@ -9,8 +9,8 @@ use std::time::Instant;
 use crate::common::nix::{Env, Repo};
 use crate::common::{nonce, rs};
 use crate::util::{
-    commit_system, count_and_kill_leftovers, fmt_ms, median, ms, nix_args, nix_builder, run, shell_builder,
-    wait_for_log, wait_for_process,
+    commit_system, count_and_kill_leftovers, fmt_ms, kill_and_count, median, ms, nix_args, nix_builder, run,
+    shell_builder, stop_and_count, wait_for_log, wait_for_process,
 };
 use crate::{row, Plan, Row, HANG};
 
@@ -106,18 +106,15 @@ pub(crate) fn shell_stop_row(plan: &Plan) -> Row {
         let (builder, _) = shell_builder(Some(script.clone()), None);
         builder.eval(&rs(&n)).unwrap();
         wait_for_process(&n);
-        let started = Instant::now();
-        builder.stop();
-        ours.push(ms(started.elapsed()));
-        our_leftovers += count_and_kill_leftovers(&n);
+        let (took, left) = stop_and_count(builder, &n);
+        ours.push(took);
+        our_leftovers += left;
 
-        let mut child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
+        let child = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).spawn().unwrap();
         wait_for_process(&n);
-        let started = Instant::now();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reference.push(ms(started.elapsed()));
-        reference_leftovers += count_and_kill_leftovers(&n);
+        let (took, left) = kill_and_count(child, &n);
+        reference.push(took);
+        reference_leftovers += left;
     }
     let (ours, reference) = (median(ours), median(reference));
     let notes = format!(

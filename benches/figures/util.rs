@@ -72,6 +72,27 @@ pub(crate) fn count_and_kill_leftovers(marker: &str) -> usize {
     left.len()
 }
 
+/// genbuild's stop: `builder.stop()`, then the builder dropped. Returns how long the
+/// stop took, in ms, and how many processes carrying `marker` it left (killed
+/// afterwards).
+pub(crate) fn stop_and_count(builder: Builder, marker: &str) -> (f64, usize) {
+    let t = Instant::now();
+    builder.stop();
+    let took = ms(t.elapsed());
+    drop(builder);
+    (took, count_and_kill_leftovers(marker))
+}
+
+/// The reference's stop: SIGKILL to `child` and a wait for it. Returns how long that
+/// took, in ms, and how many processes carrying `marker` it left (killed afterwards).
+pub(crate) fn kill_and_count(mut child: std::process::Child, marker: &str) -> (f64, usize) {
+    let t = Instant::now();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let took = ms(t.elapsed());
+    (took, count_and_kill_leftovers(marker))
+}
+
 /// user + system CPU time of this process (all threads, dead ones included).
 pub(crate) fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();

@@ -277,3 +277,44 @@ pub fn auto_containment() -> String {
         None => "Auto: the process tree (no writable cgroup v2)".to_string(),
     }
 }
+
+/// A daemon the classic way, as a shell fragment: fork, `setsid`, fork again, the middle
+/// process exits; the daemon ignores SIGTERM and sleeps 300 s carrying `nonce`.
+/// `keep_pipes` decides whether it keeps the command's stdout and stderr.
+pub fn daemon(nonce: &str, keep_pipes: bool) -> String {
+    let redirect = if keep_pipes { "" } else { " </dev/null >/dev/null 2>&1" };
+    format!(
+        "setsid sh -c 'trap \"\" TERM; sh -c \"trap \\\"\\\" TERM; exec sleep 300.{nonce}\"{redirect} & exit 0'{redirect}; "
+    )
+}
+
+/// Minutes of Nix evaluation on the CPU: a 10,000-deep recursion, a million times.
+pub const ENDLESS_EVAL: &str = "(let f = n: if n == 0 then 0 else 1 + f (n - 1); \
+    in toString (builtins.foldl' (a: i: a + builtins.seq (f 10000) i) 0 (builtins.genList (x: x) 1000000)))";
+
+/// User + system CPU time of `pid`, in clock ticks (10 ms).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+/// Waits until a `program` carrying `marker` has burnt a quarter second of CPU (it is
+/// deep in its work); returns its pid.
+pub fn busy_process(marker: &str, program: &str) -> i32 {
+    let deadline = Instant::now() + HANG * 3;
+    loop {
+        assert!(Instant::now() < deadline, "no {program} with {marker} ever got busy");
+        let busy = processes_with(marker).into_iter().find(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+            std::path::Path::new(&*String::from_utf8_lossy(&argv0)).file_name().is_some_and(|n| n == program)
+                && cpu_ticks(pid) >= 25
+        });
+        if let Some(pid) = busy {
+            return pid;
+        }
+        std::thread::yield_now();
+    }
+}
