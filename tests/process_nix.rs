@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::nix::{nix_or_skip, nonce, Env, Repo, HANG};
+use common::nix::{nix_or_skip, nonce, Env, Repo, NIX_HANG as HANG};
 use common::{assert_no_process, auto_containment, busy_process, ENDLESS_EVAL};
 use genbuild::{BuilderConfig, Containment, NixExecutor};
 

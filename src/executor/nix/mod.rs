@@ -183,6 +183,10 @@ impl Core {
             }
         });
         result.map_err(|e| match e {
+            JobError::Command(mut failure) => {
+                failure.stderr_tail = nix_log.failure().trim().to_string();
+                JobError::Command(failure)
+            }
             JobError::Failed(text) => JobError::Failed(log::with_clean_tail(&text, &nix_log.failure())),
             other => other,
         })
