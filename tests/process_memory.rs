@@ -81,10 +81,9 @@ fn a_256_mib_line_without_newline_costs_less_than_64_mib() {
 }
 
 /// The same line through a builder with two subscribers that never read. The line
-/// reaches them in 4096 pieces of 64 KiB: what bounds their backlogs in bytes is the
-/// builder's subscriber fan-out (not the process layer).
+/// reaches them in 4096 pieces of 64 KiB: what bounds their backlogs is the builder's
+/// byte-bounded subscriber fan-out, the process layer bounds the rest.
 #[test]
-#[ignore = "needs the builder's byte-bounded subscriber backlog (core stream); the process layer's part is the test above"]
 fn a_256_mib_line_with_two_subscribers_that_never_read_costs_less_than_64_mib() {
     const TEST: &str = "a_256_mib_line_with_two_subscribers_that_never_read_costs_less_than_64_mib";
     if is_child(TEST) {
