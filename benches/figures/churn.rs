@@ -28,9 +28,18 @@ impl ReferenceChurn {
             let _ = previous.kill();
             let _ = previous.wait();
         }
+        // The generation the Go builder creates in Eval, holding what genbuild's holds,
+        // so that both state() calls copy the same amount.
         state.1 = proto::Generation {
-            uuid: format!("g{i}"),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            hostname: "host1".into(),
+            repository_path: "/nonexistent/repo".into(),
+            system_attr: "nixosConfigurations".into(),
+            selected_commit_id: format!("{i:040x}"),
+            selected_branch_name: "main".into(),
             eval_status: "evaluating".into(),
+            eval_started_at: Some(std::time::SystemTime::now().into()),
+            build_status: "initialized".into(),
             ..Default::default()
         };
         let child = Command::new("sh")
