@@ -32,6 +32,15 @@
 //! waiting for a job when `stop` is called gives up with [`Error::Stopped`]. An `eval`
 //! forgets the wanted builds of the generation it replaces too. So when the job a
 //! `stop` waited for has ended, nothing starts.
+//!
+//! # Reused evaluations
+//!
+//! Whether an earlier evaluation stands in for a new one is the evaluation job's
+//! business (the lookup and the `.drv`'s validity are I/O): the job reports its
+//! [`Provenance`] with its outcome, and the machine carries it into the
+//! [`Record::EvalFinished`] for the store, which keeps the index of reusable results.
+//! A reused evaluation is otherwise an evaluation like any other: a job that can be
+//! cancelled, then the "already built" shortcut or `evaluation_done`.
 
 use std::collections::VecDeque;
 
@@ -59,12 +68,26 @@ pub struct GenerationView {
     pub drv_path: String,
 }
 
+/// Where a successful evaluation's result comes from. The store keeps the results
+/// that may be reused by their key (its index of reusable evaluations), and names the
+/// source of a reused one in the generation (`eval_reused_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    /// An evaluator ran. `key`: the request's reuse key, when the executor gives one;
+    /// the result is then offered for reuse.
+    Evaluated { key: Option<String> },
+    /// No evaluator ran: the evaluation of generation `from`, recorded under `key`,
+    /// stands in for this one (the job looked it up and found its `.drv` valid).
+    Reused { key: String, from: String },
+}
+
 /// How a job ended, as the job reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// An evaluation succeeded; `already_built` says whether its output is already
-    /// in the store (asked by the job, since that is I/O).
-    Evaluated { output: EvalOutput, already_built: bool },
+    /// An evaluation succeeded, or an earlier one was reused (`provenance`);
+    /// `already_built` says whether its output is already in the store (asked by the
+    /// job, since that is I/O).
+    Evaluated { output: EvalOutput, already_built: bool, provenance: Provenance },
     /// A build succeeded.
     Built,
     /// The job failed, timed out or was cancelled.
@@ -75,10 +98,23 @@ pub enum Outcome {
 /// carried untouched from [`Machine::eval`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<R> {
-    EvalStarted { uuid: String, request: R },
-    EvalFinished { uuid: String, result: Result<EvalOutput, String> },
-    BuildStarted { uuid: String, reason: BuildReason },
-    BuildFinished { uuid: String, result: Result<(), String> },
+    EvalStarted {
+        uuid: String,
+        request: R,
+    },
+    /// A successful evaluation records where its result comes from.
+    EvalFinished {
+        uuid: String,
+        result: Result<(EvalOutput, Provenance), String>,
+    },
+    BuildStarted {
+        uuid: String,
+        reason: BuildReason,
+    },
+    BuildFinished {
+        uuid: String,
+        result: Result<(), String>,
+    },
 }
 
 /// A message the driver sends to the caller's channels.
@@ -329,10 +365,10 @@ impl<R: Clone> Machine<R> {
         };
         let mut record = |record| self.actions.push_back(Action::Record(record));
         let notification = match (running.kind, outcome) {
-            (JobKind::Eval, Outcome::Evaluated { output, already_built }) => {
+            (JobKind::Eval, Outcome::Evaluated { output, already_built, provenance }) => {
                 current.eval = EvalStatus::Evaluated;
                 current.drv_path = output.drv_path.clone();
-                record(Record::EvalFinished { uuid: uuid.clone(), result: Ok(output) });
+                record(Record::EvalFinished { uuid: uuid.clone(), result: Ok((output, provenance)) });
                 if already_built {
                     current.build = BuildStatus::Built;
                     let reason = BuildReason::AlreadyBuilt;
@@ -451,6 +487,16 @@ mod tests {
         }
     }
 
+    /// The provenance of an evaluation that ran, with no reuse key.
+    fn fresh() -> Provenance {
+        Provenance::Evaluated { key: None }
+    }
+
+    /// A successful evaluation's outcome.
+    fn evaluation(already_built: bool) -> Outcome {
+        Outcome::Evaluated { output: output(), already_built, provenance: fresh() }
+    }
+
     type M = Machine<String>;
 
     fn eval(m: &mut M, uuid: &str) -> Step {
@@ -483,7 +529,7 @@ mod tests {
         let mut m = M::new();
         assert_eq!(eval(&mut m, "g1"), Step::Done);
         let job = started_job(&drain(&mut m));
-        assert!(m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: false }));
+        assert!(m.handle_finished(job, evaluation(false)));
         drain(&mut m);
         m
     }
@@ -520,11 +566,11 @@ mod tests {
         let mut m = M::new();
         let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
-        m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: false });
+        m.handle_finished(job, evaluation(false));
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok(output()) }),
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok((output(), fresh())) }),
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
         );
@@ -536,17 +582,47 @@ mod tests {
         let mut m = M::new();
         let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
-        m.handle_finished(job, Outcome::Evaluated { output: output(), already_built: true });
+        m.handle_finished(job, evaluation(true));
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok(output()) }),
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok((output(), fresh())) }),
                 Action::Record(Record::BuildStarted { uuid: "g1".into(), reason: BuildReason::AlreadyBuilt }),
                 record("g1", Ok(())),
                 Action::Notify(Notification::BuildDone("g1".into())),
             ]
         );
         assert_eq!(m.submit_build("g1", None), Err(Error::AlreadyBuilt));
+    }
+
+    #[test]
+    fn a_reused_evaluation_is_recorded_with_its_source_and_ends_as_any_evaluation() {
+        for already_built in [false, true] {
+            let mut m = M::new();
+            let _ = eval(&mut m, "g2");
+            let job = started_job(&drain(&mut m));
+            let provenance = Provenance::Reused { key: "k".into(), from: "g1".into() };
+            let outcome =
+                Outcome::Evaluated { output: output(), already_built, provenance: provenance.clone() };
+            assert!(m.handle_finished(job, outcome));
+            let actions = drain(&mut m);
+            assert_eq!(
+                actions[0],
+                Action::Record(Record::EvalFinished {
+                    uuid: "g2".into(),
+                    result: Ok((output(), provenance))
+                })
+            );
+            let done = if already_built {
+                Notification::BuildDone("g2".into())
+            } else {
+                Notification::EvaluationDone("g2".into())
+            };
+            assert_eq!(actions.last(), Some(&Action::Notify(done)));
+            assert!(!m.is_evaluating());
+            let expected = if already_built { Err(Error::AlreadyBuilt) } else { Ok(()) };
+            assert_eq!(m.submit_build("g2", None), expected);
+        }
     }
 
     #[test]
@@ -633,7 +709,7 @@ mod tests {
         drain(&mut m);
         assert_eq!(msg(m.submit_build("other", None)), "another generation is evaluating or evaluated");
         assert_eq!(msg(m.submit_build("g1", None)), "the generation is not evaluated");
-        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), already_built: false });
+        m.handle_finished(JobId(1), evaluation(false));
         m.submit_build("g1", None).unwrap();
         assert_eq!(msg(m.submit_build("g1", None)), "the builder is already building");
         m.handle_finished(JobId(2), Outcome::Built);
@@ -703,7 +779,7 @@ mod tests {
         drain(&mut m);
         assert_eq!(m.suspend(None), Ok(Step::Done));
         assert_eq!(drain(&mut m), [], "the evaluation is not cancelled");
-        m.handle_finished(JobId(1), Outcome::Evaluated { output: output(), already_built: false });
+        m.handle_finished(JobId(1), evaluation(false));
         drain(&mut m);
         m.resume().unwrap();
         assert_eq!(drain(&mut m), []);

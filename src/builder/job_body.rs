@@ -1,7 +1,12 @@
 //! What a builder's job does on its thread, and how it reports back.
 //!
 //! A job runs one [`Task`] as its [`Work`](crate::Work): it asks the executor, and for
-//! an evaluation also whether the output is already built. Its outcome reaches the
+//! an evaluation also whether the output is already built. An evaluation first looks
+//! for a reusable one (same reuse key, in the store) whose `.drv` the executor finds
+//! still valid: that result then stands in for the evaluation, and no evaluator runs.
+//! This is I/O, so it happens here, on the job's thread, never under the builder's
+//! lock; a cancellation that came meanwhile wins, as it would over an evaluator's
+//! exit. Its outcome reaches the
 //! driver through the job's `on_finished` hook, which runs on the job's thread even
 //! when the executor panicked (the job catches the panic once): a started job always
 //! ends with its notification. Both run marked as this builder's job (`reentry`), so
@@ -17,7 +22,8 @@ use super::reentry;
 use crate::error::JobError;
 use crate::executor::{EvalRequest, Executor};
 use crate::job::{Job, JobContext, LogSink};
-use crate::machine::{JobId, Outcome};
+use crate::machine::{JobId, Outcome, Provenance};
+use crate::process::Stream;
 use crate::store::Store;
 
 /// What a job does.
@@ -33,6 +39,12 @@ impl Task {
         match self {
             Task::Eval(req) => {
                 executor.release_unused(&store.live_drv_paths(), ctx);
+                let key = executor.eval_reuse_key(req);
+                if let Some(key) = &key {
+                    if let Some(reused) = reuse(executor, store, key, ctx)? {
+                        return Ok(reused);
+                    }
+                }
                 let output = executor.eval(req, ctx)?;
                 if output.drv_path.is_empty() || output.out_path.is_empty() {
                     return Err(JobError::Failed(format!(
@@ -40,11 +52,50 @@ impl Task {
                     )));
                 }
                 let already_built = executor.is_built(&output, ctx);
-                Ok(Outcome::Evaluated { output, already_built })
+                Ok(Outcome::Evaluated { output, already_built, provenance: Provenance::Evaluated { key } })
             }
             Task::Build { drv_path } => executor.build(drv_path, ctx).map(|()| Outcome::Built),
         }
     }
+}
+
+/// The outcome of reusing the evaluation the store keeps under `key`, if there is one
+/// and the executor finds its `.drv` still valid (and roots it again for this job's
+/// owner). One whose `.drv` is gone is dropped from the store: the evaluation runs.
+fn reuse(
+    executor: &dyn Executor,
+    store: &Store,
+    key: &str,
+    ctx: &JobContext,
+) -> Result<Option<Outcome>, JobError> {
+    let Some((from, output)) = store.reusable_evaluation(key) else { return Ok(None) };
+    if ctx.is_cancelled() {
+        return Err(JobError::Cancelled(None));
+    }
+    if !executor.reuse_evaluation(&output, ctx) {
+        store.forget_reusable_evaluation(key, &from);
+        ctx.log(
+            Stream::Stderr,
+            &format!(
+                "the evaluation of generation {from} is not reused: {} is no longer valid; evaluating",
+                output.drv_path
+            ),
+        );
+        return Ok(None);
+    }
+    if ctx.is_cancelled() {
+        return Err(JobError::Cancelled(None));
+    }
+    ctx.log(
+        Stream::Stderr,
+        &format!("reusing the evaluation of generation {from} (same inputs): {}", output.drv_path),
+    );
+    let already_built = executor.is_built(&output, ctx);
+    Ok(Some(Outcome::Evaluated {
+        output,
+        already_built,
+        provenance: Provenance::Reused { key: key.to_string(), from },
+    }))
 }
 
 /// The job `id` of `shared`'s builder running `task`, not started yet.

@@ -33,8 +33,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use super::reusable::ReuseIndex;
 use crate::error::StoreError;
-use crate::proto::{Generation, StoreState};
+use crate::proto::{Generation, ReusableEvaluation, StoreState};
 
 /// The first bytes of a framed state file.
 const MAGIC: [u8; 16] = *b"\0genbuild-state\n";
@@ -46,6 +47,8 @@ const HEADER_LEN: usize = MAGIC.len() + 4 + 8;
 const TRAILER_LEN: usize = 4;
 /// `StoreState.generations`, encoded by hand to append each generation's unknown fields.
 const GENERATIONS_FIELD: u32 = 1;
+/// `StoreState.reusable_evaluations`, encoded by hand for the same reason.
+const REUSABLE_FIELD: u32 = 6;
 /// Protobuf wire types.
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -59,17 +62,21 @@ const MAX_GROUP_DEPTH: u32 = 100;
 const MAX_SYMLINKS: usize = 40;
 
 /// Fields of a state file that this genbuild does not know, as their encoded bytes:
-/// those of the [`StoreState`] and those of each generation, by uuid.
+/// those of the [`StoreState`], those of each generation, by uuid, and those of each
+/// reusable evaluation, by key.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Unknown {
     pub(super) top: Vec<u8>,
     pub(super) generations: HashMap<String, Vec<u8>>,
+    pub(super) reusable: HashMap<String, Vec<u8>>,
 }
 
 impl Unknown {
-    /// Forgets the fields of generations `state` no longer holds.
-    pub(super) fn retain_generations_of(&mut self, state: &StoreState) {
+    /// Forgets the fields of the generations `state` and the evaluations `index` no
+    /// longer hold.
+    pub(super) fn retain_of(&mut self, state: &StoreState, index: &ReuseIndex) {
         self.generations.retain(|uuid, _| state.generations.iter().any(|g| &g.uuid == uuid));
+        self.reusable.retain(|key, _| index.contains(key));
     }
 }
 
@@ -169,15 +176,11 @@ pub(super) fn encode(state: &StoreState, unknown: &Unknown) -> Vec<u8> {
     out
 }
 
-/// `state` as prost encodes it, each generation followed by its unknown fields and the
-/// message by its own.
+/// `state` as prost encodes it (fields in the order of their numbers), each generation
+/// and reusable evaluation followed by its unknown fields and the message by its own.
 fn encode_data(state: &StoreState, unknown: &Unknown, out: &mut Vec<u8>) {
     for g in &state.generations {
-        let extra = unknown.generations.get(&g.uuid).map_or(&[][..], Vec::as_slice);
-        put_varint(out, u64::from(GENERATIONS_FIELD << 3 | u32::from(LEN)));
-        put_varint(out, (g.encoded_len() + extra.len()) as u64);
-        out.extend_from_slice(&g.encode_to_vec());
-        out.extend_from_slice(extra);
+        put_message(out, GENERATIONS_FIELD, g, extra(&unknown.generations, &g.uuid));
     }
     // Every field named, so that a field added to the message fails to compile here.
     let rest = StoreState {
@@ -186,9 +189,26 @@ fn encode_data(state: &StoreState, unknown: &Unknown, out: &mut Vec<u8>) {
         last_eval_finished: state.last_eval_finished.clone(),
         last_build_started: state.last_build_started.clone(),
         last_build_finished: state.last_build_finished.clone(),
+        reusable_evaluations: Vec::new(),
     };
     out.extend_from_slice(&rest.encode_to_vec());
+    for e in &state.reusable_evaluations {
+        put_message(out, REUSABLE_FIELD, e, extra(&unknown.reusable, &e.key));
+    }
     out.extend_from_slice(&unknown.top);
+}
+
+/// Field `number` holding `message` followed by the bytes `extra` (its unknown fields).
+fn put_message(out: &mut Vec<u8>, number: u32, message: &impl Message, extra: &[u8]) {
+    put_varint(out, u64::from(number << 3 | u32::from(LEN)));
+    put_varint(out, (message.encoded_len() + extra.len()) as u64);
+    out.extend_from_slice(&message.encode_to_vec());
+    out.extend_from_slice(extra);
+}
+
+/// The unknown fields kept for the message `id` names.
+fn extra<'a>(fields: &'a HashMap<String, Vec<u8>>, id: &str) -> &'a [u8] {
+    fields.get(id).map_or(&[], Vec::as_slice)
 }
 
 /// Reads a state file's bytes, framed or legacy.
@@ -251,13 +271,20 @@ fn decode_data(bytes: &[u8]) -> Result<(StoreState, Unknown), String> {
     let state = StoreState::decode(bytes).map_err(|e| format!("its data does not decode: {e}"))?;
     let mut unknown = Unknown::default();
     let mut generations = state.generations.iter();
+    let mut reusable = state.reusable_evaluations.iter();
     for field in fields(bytes)? {
+        // One entry per occurrence: repeated messages are not merged.
         if field.number == GENERATIONS_FIELD && field.wire_type == LEN {
-            // One entry per occurrence: repeated messages are not merged.
             let generation = generations.next().ok_or("a generation is missing")?;
             let extra = unknown_fields::<Generation>(field.payload)?;
             if !extra.is_empty() {
                 unknown.generations.insert(generation.uuid.clone(), extra);
+            }
+        } else if field.number == REUSABLE_FIELD && field.wire_type == LEN {
+            let evaluation = reusable.next().ok_or("a reusable evaluation is missing")?;
+            let extra = unknown_fields::<ReusableEvaluation>(field.payload)?;
+            if !extra.is_empty() {
+                unknown.reusable.insert(evaluation.key.clone(), extra);
             }
         } else if is_unknown::<StoreState>(field.number, field.wire_type) {
             unknown.top.extend_from_slice(field.raw);
@@ -481,12 +508,23 @@ mod tests {
             })
             .collect();
         let last = |i: usize| generations.get(i).map(|g| g.uuid.clone()).unwrap_or_default();
+        let reusable_evaluations = generations
+            .iter()
+            .map(|g| ReusableEvaluation {
+                key: format!("key-of-{}", g.uuid),
+                source_uuid: g.uuid.clone(),
+                drv_path: g.drv_path.clone(),
+                out_path: format!("{}-out", g.drv_path),
+                machine_id: String::new(),
+            })
+            .collect();
         StoreState {
             last_eval_started: last(0),
             last_eval_finished: last(1),
             last_build_started: last(2),
             last_build_finished: last(3),
             generations,
+            reusable_evaluations,
         }
     }
 
@@ -617,6 +655,7 @@ mod tests {
         for (message, declared, probe) in [
             ("Generation", declared_numbers("Generation"), is_unknown::<Generation> as fn(u32, u8) -> bool),
             ("StoreState", declared_numbers("StoreState"), is_unknown::<StoreState>),
+            ("ReusableEvaluation", declared_numbers("ReusableEvaluation"), is_unknown::<ReusableEvaluation>),
         ] {
             assert!(declared.len() >= 5, "{message}: {declared:?}");
             for number in 1..300 {
@@ -642,7 +681,8 @@ mod tests {
         fields.extend_from_slice(&[0xdb, 0x0c, 0x08, 0x01, 0xdc, 0x0c]);
         fields.extend_from_slice(&[0xe5, 0x0c, 9, 9, 9, 9]);
         unknown.top = fields.clone();
-        unknown.generations.insert("generation-1".into(), fields);
+        unknown.generations.insert("generation-1".into(), fields.clone());
+        unknown.reusable.insert("key-of-generation-0".into(), fields);
         let bytes = encode(&state, &unknown);
         let contents = decoded(&bytes).unwrap();
         assert_eq!((contents.state, contents.unknown), (state, unknown));

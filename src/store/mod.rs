@@ -30,8 +30,22 @@
 //! A failure to write does not lose the in-memory state: the change is kept, the error
 //! is logged and reported by [`Store::last_error`] (and in the builder's state), and
 //! the next successful write catches up.
+//!
+//! Besides the generations, the store keeps the **reusable evaluations**: the result
+//! of every successful evaluation whose executor gave it a reuse key
+//! ([`Executor::eval_reuse_key`](crate::Executor::eval_reuse_key)), by that key, so
+//! that a later `eval()` with the same inputs, in this process or after a restart, is
+//! recorded from it without evaluating (see [`Builder::eval`](crate::Builder::eval)).
+//! It holds the results themselves, not references to generations, which the
+//! collection of generations may drop; it is an index in memory (no scan of the store
+//! per `eval()`), bounded to the [`MAX_REUSABLE_EVALUATIONS`] most recently used keys.
+//!
+//! **One store per file at a time.** A `Store` writes its whole state on every change;
+//! two of them over one file (in one process or two) overwrite each other's changes.
+//! Open a file in one process at a time, once, and share the `Arc<Store>`.
 
 mod file;
+mod reusable;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -40,8 +54,11 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::executor::EvalOutput;
-use crate::proto::{self, status, Generation, StoreState};
+use crate::machine::Provenance;
+use crate::proto::{self, status, Generation, ReusableEvaluation, StoreState};
 use crate::status::BuildReason;
+use reusable::ReuseIndex;
+pub use reusable::MAX_REUSABLE_EVALUATIONS;
 
 /// The generations by uuid, in memory or persisted to a file; share it as `Arc<Store>`.
 ///
@@ -62,7 +79,10 @@ impl Default for Store {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The generations and the last ones started and finished. Its
+    /// `reusable_evaluations` are written from `index` just before the file is.
     data: StoreState,
+    index: ReuseIndex,
     /// What the file held that this genbuild does not know; written back.
     unknown: file::Unknown,
     last_error: Option<String>,
@@ -136,7 +156,7 @@ impl Store {
         let target = file::resolve(&path)?;
         let contents = file::read(&target)?;
         file::remove_interrupted_writes(&target);
-        let (data, unknown) = match contents {
+        let (mut data, unknown) = match contents {
             Some(contents) => {
                 if contents.legacy {
                     log::info!(
@@ -149,8 +169,9 @@ impl Store {
             None => Default::default(),
         };
         let id = file::store_id(&target);
-        let store =
-            Store { path: Some(path), id, state: Mutex::new(Inner { data, unknown, last_error: None }) };
+        let index = ReuseIndex::load(std::mem::take(&mut data.reusable_evaluations));
+        let inner = Inner { data, index, unknown, last_error: None };
+        let store = Store { path: Some(path), id, state: Mutex::new(inner) };
         let mut inner = store.state.lock();
         if mark_interrupted(&mut inner.data) {
             store.persist(&mut inner);
@@ -187,6 +208,12 @@ impl Store {
         self.state.lock().data.generations.clone()
     }
 
+    /// Returns copies of the reusable evaluations (see the [module documentation](self)),
+    /// least recently used first: at most [`MAX_REUSABLE_EVALUATIONS`].
+    pub fn reusable_evaluations(&self) -> Vec<ReusableEvaluation> {
+        self.state.lock().index.to_persisted()
+    }
+
     /// Returns the text of the last failure to persist a change (a [`StoreError`]),
     /// cleared by the next successful write; always `None` for an in-memory store.
     pub fn last_error(&self) -> Option<String> {
@@ -217,25 +244,50 @@ impl Store {
             build_status: status::INITIALIZED.into(),
             ..Default::default()
         };
-        self.change(|data| {
+        self.change(|data, _| {
             data.last_eval_started = generation.uuid.clone();
             data.generations.push(generation);
             collect_garbage(data);
         });
     }
 
-    /// Records the end of generation `uuid`'s evaluation: its paths, or its error.
-    pub(crate) fn generation_eval_finished(&self, uuid: &str, result: &Result<EvalOutput, String>) {
-        self.change(|data| {
+    /// Records the end of generation `uuid`'s evaluation: its paths, or its error. A
+    /// result with a reuse key becomes (or, reused, stays) the most recent reusable
+    /// evaluation of its key.
+    pub(crate) fn generation_eval_finished(
+        &self,
+        uuid: &str,
+        result: &Result<(EvalOutput, Provenance), String>,
+    ) {
+        self.change(|data, index| {
             data.last_eval_finished = uuid.to_string();
+            if let Ok((output, provenance)) = result {
+                let reusable = match provenance {
+                    Provenance::Evaluated { key: Some(key) } => Some((key, uuid)),
+                    Provenance::Reused { key, from } => Some((key, from.as_str())),
+                    Provenance::Evaluated { key: None } => None,
+                };
+                if let Some((key, source)) = reusable {
+                    index.record(ReusableEvaluation {
+                        key: key.clone(),
+                        source_uuid: source.to_string(),
+                        drv_path: output.drv_path.clone(),
+                        out_path: output.out_path.clone(),
+                        machine_id: output.machine_id.clone(),
+                    });
+                }
+            }
             let Some(g) = find(data, uuid) else { return };
             g.eval_ended_at = Some(now());
             match result {
-                Ok(output) => {
+                Ok((output, provenance)) => {
                     g.eval_status = status::EVALUATED.into();
                     g.drv_path = output.drv_path.clone();
                     g.out_path = output.out_path.clone();
                     g.machine_id = output.machine_id.clone();
+                    if let Provenance::Reused { from, .. } = provenance {
+                        g.eval_reused_from = from.clone();
+                    }
                 }
                 Err(e) => {
                     g.eval_status = status::FAILED.into();
@@ -247,7 +299,7 @@ impl Store {
 
     /// Marks generation `uuid` `building`, for `reason`.
     pub(crate) fn generation_build_started(&self, uuid: &str, reason: BuildReason) {
-        self.change(|data| {
+        self.change(|data, _| {
             data.last_build_started = uuid.to_string();
             let Some(g) = find(data, uuid) else { return };
             g.build_status = status::BUILDING.into();
@@ -260,7 +312,7 @@ impl Store {
 
     /// Records the end of generation `uuid`'s build.
     pub(crate) fn generation_build_finished(&self, uuid: &str, result: &Result<(), String>) {
-        self.change(|data| {
+        self.change(|data, _| {
             data.last_build_finished = uuid.to_string();
             let Some(g) = find(data, uuid) else { return };
             g.build_ended_at = Some(now());
@@ -280,16 +332,34 @@ impl Store {
         inner.data.generations.iter().filter(|g| !g.drv_path.is_empty()).map(|g| g.drv_path.clone()).collect()
     }
 
-    fn change(&self, f: impl FnOnce(&mut StoreState)) {
+    /// The reusable evaluation recorded under `key`: the generation it came from, and
+    /// its result.
+    pub(crate) fn reusable_evaluation(&self, key: &str) -> Option<(String, EvalOutput)> {
+        self.state.lock().index.get(key)
+    }
+
+    /// Drops the reusable evaluation of `key` if it still is generation
+    /// `source_uuid`'s (its `.drv` was found invalid: it cannot be reused again).
+    pub(crate) fn forget_reusable_evaluation(&self, key: &str, source_uuid: &str) {
         let mut inner = self.state.lock();
-        f(&mut inner.data);
-        let Inner { data, unknown, .. } = &mut *inner;
-        unknown.retain_generations_of(data);
+        if inner.index.remove(key, source_uuid) {
+            let Inner { data, index, unknown, .. } = &mut *inner;
+            unknown.retain_of(data, index);
+            self.persist(&mut inner);
+        }
+    }
+
+    fn change(&self, f: impl FnOnce(&mut StoreState, &mut ReuseIndex)) {
+        let mut inner = self.state.lock();
+        let Inner { data, index, unknown, .. } = &mut *inner;
+        f(data, index);
+        unknown.retain_of(data, index);
         self.persist(&mut inner);
     }
 
     fn persist(&self, inner: &mut Inner) {
         let Some(path) = &self.path else { return };
+        inner.data.reusable_evaluations = inner.index.to_persisted();
         match file::write_atomically(path, &file::encode(&inner.data, &inner.unknown)) {
             Ok(()) => inner.last_error = None,
             Err(e) => {
@@ -364,7 +434,7 @@ mod tests {
             out_path: "/o".into(),
             machine_id: "m".into(),
         };
-        store.generation_eval_finished(uuid, &Ok(out));
+        store.generation_eval_finished(uuid, &Ok((out, Provenance::Evaluated { key: None })));
     }
 
     fn built(store: &Store, uuid: &str) {
@@ -472,6 +542,93 @@ mod tests {
         store.generation_build_finished("a", &Ok(()));
         assert!(store.last_error().is_none(), "the next write catches up");
         assert_eq!(Store::open(&path).unwrap().generation("a").unwrap().build_status, status::BUILT);
+    }
+
+    fn evaluated_with_key(store: &Store, uuid: &str, key: &str) {
+        started(store, uuid);
+        let out = EvalOutput {
+            drv_path: format!("/nix/store/{uuid}.drv"),
+            out_path: "/o".into(),
+            machine_id: "m".into(),
+        };
+        store.generation_eval_finished(uuid, &Ok((out, Provenance::Evaluated { key: Some(key.into()) })));
+    }
+
+    #[test]
+    fn reusable_evaluations_are_kept_reused_and_forgotten_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        let store = Store::open(&path).unwrap();
+        evaluated_with_key(&store, "a", "ka");
+        evaluated_with_key(&store, "b", "kb");
+        started(&store, "c");
+        let (from, output) = store.reusable_evaluation("ka").expect("kept");
+        assert_eq!((from.as_str(), output.drv_path.as_str()), ("a", "/nix/store/a.drv"));
+        let reused = Ok((output, Provenance::Reused { key: "ka".into(), from: from.clone() }));
+        store.generation_eval_finished("c", &reused);
+        assert_eq!(store.generation("c").unwrap().eval_reused_from, "a");
+        let keys = |store: &Store| -> Vec<(String, String)> {
+            store.reusable_evaluations().into_iter().map(|e| (e.key, e.source_uuid)).collect()
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect()
+        };
+        assert_eq!(keys(&store), pairs(&[("kb", "b"), ("ka", "a")]), "reused: the most recent, same source");
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(keys(&store), pairs(&[("kb", "b"), ("ka", "a")]), "the order survives a restart");
+        store.forget_reusable_evaluation("kb", "not-b");
+        assert_eq!(keys(&store).len(), 2, "only the entry of that source is forgotten");
+        store.forget_reusable_evaluation("kb", "b");
+        drop(store);
+        assert_eq!(keys(&Store::open(&path).unwrap()), pairs(&[("ka", "a")]));
+        // A failed evaluation and one without a key are never kept.
+        let store = Store::new();
+        started(&store, "f");
+        store.generation_eval_finished("f", &Err("boom".into()));
+        evaluated(&store, "n");
+        assert!(store.reusable_evaluations().is_empty());
+    }
+
+    #[test]
+    fn a_framed_file_of_the_version_before_reuse_loads_with_no_reusable_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        built(&Store::open(&path).unwrap(), "old");
+        let contents = file::read(&path).unwrap().expect("written");
+        assert!(contents.state.reusable_evaluations.is_empty());
+        // Byte for byte what the previous version wrote: it had no field 6.
+        let mut previous = contents.state.clone();
+        previous.reusable_evaluations.clear();
+        std::fs::write(&path, file::encode(&previous, &contents.unknown)).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.reusable_evaluations().is_empty());
+        assert_eq!(store.generation("old").unwrap().build_status, status::BUILT);
+    }
+
+    #[test]
+    fn unknown_fields_of_a_reusable_evaluation_stay_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        let store = Store::open(&path).unwrap();
+        evaluated_with_key(&store, "a", "ka");
+        evaluated_with_key(&store, "b", "kb");
+        drop(store);
+        // As a newer genbuild writes it: field 9 of the evaluation kept under "ka".
+        let mut contents = file::read(&path).unwrap().expect("written");
+        contents.unknown.reusable.insert("ka".into(), vec![0x48, 7]);
+        std::fs::write(&path, file::encode(&contents.state, &contents.unknown)).unwrap();
+        let store = Store::open(&path).unwrap();
+        started(&store, "c");
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.state.lock().unknown.reusable.get("ka"),
+            Some(&vec![0x48, 7]),
+            "kept across a change"
+        );
+        store.forget_reusable_evaluation("ka", "a");
+        assert!(store.state.lock().unknown.reusable.is_empty(), "gone with its entry");
     }
 
     #[test]

@@ -47,5 +47,6 @@ pub fn one_built_generation(uuid: &str) -> StoreState {
         last_eval_finished: uuid.into(),
         last_build_started: uuid.into(),
         last_build_finished: uuid.into(),
+        ..Default::default()
     }
 }
