@@ -2,13 +2,13 @@
 //! it, with a comment naming the bug.
 #![cfg(feature = "fuzzing")]
 
-use genbuild::fuzzing::{check_builder, check_machine, Call, JobEnd, Op, Target};
+use genbuild::fuzzing::{check_builder, check_machine, Call, Commit, JobEnd, Op, Target};
 
 /// Evaluated, submitted and building; then `suspend` races with the build, which
 /// fails (or times out) on its own just before the cancellation lands.
 fn build_ends_on_its_own_during_suspend(ending: JobEnd) -> Vec<Op> {
     vec![
-        Op::Eval { cancelled_job_ends: JobEnd::Cancelled },
+        Op::Eval { cancelled_job_ends: JobEnd::Cancelled, commit: Commit::New },
         Op::Complete { job: Target::Running, ending: JobEnd::Ok { already_built: false } },
         Op::SubmitCurrent,
         Op::Suspend { cancelled_job_ends: ending },
@@ -55,7 +55,7 @@ fn both(ops: &[Op]) {
 /// An evaluated generation with its build running.
 fn building() -> Vec<Op> {
     vec![
-        Op::Eval { cancelled_job_ends: JobEnd::Cancelled },
+        Op::Eval { cancelled_job_ends: JobEnd::Cancelled, commit: Commit::New },
         Op::Complete { job: Target::Running, ending: JobEnd::Ok { already_built: false } },
         Op::SubmitCurrent,
     ]
@@ -73,8 +73,8 @@ fn race(calls: [Call; 3]) -> Op {
 #[test]
 fn a_stop_while_an_eval_waits_records_stopped_and_the_eval_gives_up() {
     both(&[
-        Op::Eval { cancelled_job_ends: JobEnd::Failed },
-        race([Call::Eval, Call::SubmitCurrent, Call::Stop]),
+        Op::Eval { cancelled_job_ends: JobEnd::Failed, commit: Commit::New },
+        race([Call::Eval(Commit::New), Call::SubmitCurrent, Call::Stop]),
     ]);
 }
 
@@ -85,7 +85,7 @@ fn a_stop_while_an_eval_waits_records_stopped_and_the_eval_gives_up() {
 fn a_stop_while_a_suspended_build_dies_forgets_the_build() {
     both(&[
         Op::Race {
-            calls: [Call::Eval, Call::Eval, Call::Stop],
+            calls: [Call::Eval(Commit::New), Call::Eval(Commit::New), Call::Stop],
             cancelled_job_ends: JobEnd::Ok { already_built: false },
         },
         Op::SubmitCurrent,
@@ -102,11 +102,11 @@ fn a_stop_while_a_suspended_build_dies_forgets_the_build() {
 fn an_eval_while_a_suspended_and_resumed_build_dies_starts_no_build_of_the_old_generation() {
     both(&[
         Op::Race {
-            calls: [Call::Eval, Call::Stop, Call::Stop],
+            calls: [Call::Eval(Commit::New), Call::Stop, Call::Stop],
             cancelled_job_ends: JobEnd::Ok { already_built: false },
         },
         Op::SubmitCurrent,
-        race([Call::Suspend, Call::Resume, Call::Eval]),
+        race([Call::Suspend, Call::Resume, Call::Eval(Commit::New)]),
         Op::SubmitStale(0),
     ]);
 }
@@ -136,7 +136,7 @@ fn two_stops_of_a_dying_build_both_wait_for_it() {
 #[test]
 fn a_resume_while_a_stopped_build_dies_starts_nothing() {
     both(&[
-        Op::Eval { cancelled_job_ends: JobEnd::Cancelled },
+        Op::Eval { cancelled_job_ends: JobEnd::Cancelled, commit: Commit::New },
         Op::Race {
             calls: [Call::SubmitCurrent, Call::Stop, Call::SubmitCurrent],
             cancelled_job_ends: JobEnd::Ok { already_built: false },

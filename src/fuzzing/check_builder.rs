@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
-use super::fake::{genbuild_threads, Caller, Directive, FakeExecutor, FakeJob, CALL_BOUND};
+use super::fake::{genbuild_threads, Caller, Directive, DrvValidity, FakeExecutor, FakeJob, CALL_BOUND};
 use super::reference::{Blocked, Ev, Kind, Reference, Reply, Text, EVALUATED};
-use super::{error_mismatch, Call, JobEnd, Op, Target};
+use super::{earlier_commit, error_mismatch, Call, JobEnd, Op, Target};
 use crate::{Builder, BuilderConfig, Error, Store};
 
 /// What a call answered.
@@ -70,6 +70,10 @@ pub const BUILDER_MAX_OPS: usize = 64;
 
 struct BuilderChecker {
     builder: Option<Builder>,
+    store: Arc<Store>,
+    drvs: DrvValidity,
+    /// The commits `eval` was called with, oldest first.
+    asked: Vec<String>,
     caller: Caller,
     reference: Reference,
     jobs: Receiver<FakeJob>,
@@ -153,8 +157,15 @@ impl BuilderChecker {
     fn call_fn(&mut self, call: Call) -> (String, Box<dyn FnOnce() -> Answer + Send>) {
         let builder = self.builder();
         match call {
-            Call::Eval => {
-                let commit = self.new_commit();
+            Call::Eval(choice) => {
+                let commit = match earlier_commit(choice, &self.asked) {
+                    Some((commit, drv_valid)) => {
+                        self.drvs.set(&commit, drv_valid);
+                        commit
+                    }
+                    None => self.new_commit(),
+                };
+                self.asked.push(commit.clone());
                 let rs = crate::proto::RepositoryStatus {
                     selected_commit_id: commit.clone(),
                     ..Default::default()
@@ -189,7 +200,7 @@ impl BuilderChecker {
     /// The reference's side of `call`; `arg` is what `call_fn` chose.
     fn reference_call(&mut self, call: Call, arg: &str) -> Reply {
         match call {
-            Call::Eval => self.reference.eval(&placeholder(arg), arg),
+            Call::Eval(_) => self.reference.eval(&placeholder(arg), arg, self.drvs.of_commit(arg)),
             Call::SubmitCurrent => Reply::Returned(self.reference.submit_build(arg)),
             Call::Suspend => self.reference.suspend(),
             Call::Resume => Reply::Returned(self.reference.resume()),
@@ -233,7 +244,7 @@ impl BuilderChecker {
     fn apply(&mut self, op: Op) {
         self.ended.clear();
         match op {
-            Op::Eval { .. } => self.lone_call(Call::Eval),
+            Op::Eval { commit, .. } => self.lone_call(Call::Eval(commit)),
             Op::SubmitCurrent => self.lone_call(Call::SubmitCurrent),
             Op::Suspend { .. } => self.lone_call(Call::Suspend),
             Op::Resume => self.lone_call(Call::Resume),
@@ -264,14 +275,27 @@ impl BuilderChecker {
         }
         let expected: Vec<Ev> =
             self.reference.take_evs().into_iter().filter(Ev::is_visible_to_builder_check).collect();
+        for ev in &expected {
+            // A reused evaluation ends on its own, without reaching the executor.
+            if let Ev::EvalFinished(uuid, Ok(evaluated)) = ev {
+                if evaluated.reused_from.is_some() {
+                    self.ended.extend(self.keys.get(uuid).cloned());
+                }
+            }
+        }
         self.check_observed(&expected);
+        if self.reference.running.is_some() {
+            // Settled: the running job is past its reuse lookup before the next step
+            // says anew whether a `.drv` is valid.
+            self.running_job();
+        }
         self.check_state();
     }
 
     /// A call alone: a job it cancels ends through the real cancellation.
     fn lone_call(&mut self, call: Call) {
         let cancels = match call {
-            Call::Eval | Call::Stop => self.reference.running.is_some(),
+            Call::Eval(_) | Call::Stop => self.reference.running.is_some(),
             Call::Suspend => !self.reference.suspended && self.reference.is_running(Kind::Build),
             Call::SubmitCurrent | Call::Resume => false,
         };
@@ -294,8 +318,11 @@ impl BuilderChecker {
             match self.reference_call(call, &arg) {
                 Reply::Returned(expected) => {
                     let answer = self.caller.call(format!("{call:?} in a race"), f);
-                    let later_eval = calls[i + 1..].contains(&Call::Eval);
+                    let later_eval = calls[i + 1..].iter().any(|c| matches!(c, Call::Eval(_)));
                     self.check_answer(call, &arg, answer, expected, later_eval);
+                    if matches!(call, Call::Eval(_)) && self.reference.running.is_none() {
+                        self.await_reused_evaluation();
+                    }
                 }
                 Reply::Blocked(expected) => {
                     let (tx, answer) = crossbeam_channel::bounded(1);
@@ -318,7 +345,7 @@ impl BuilderChecker {
         let calls_made: Vec<Call> = blocked.iter().map(|(b, _)| b.call).collect();
         for (i, ((b, arg), expected)) in blocked.into_iter().zip(expected).enumerate() {
             let answer = self.await_answer(&b);
-            let later_eval = calls_made[i + 1..].contains(&Call::Eval);
+            let later_eval = calls_made[i + 1..].iter().any(|c| matches!(c, Call::Eval(_)));
             self.check_answer(b.call, &arg, answer, expected, later_eval);
         }
     }
@@ -337,6 +364,19 @@ impl BuilderChecker {
             }
             if Instant::now() > deadline {
                 self.fail("a call that cancels a job waits for it", format!("{call:?} never waited"));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Until the reused evaluation the reference ended at once has ended in the builder
+    /// too (on its job's thread), so that the next call of a race cannot cancel it.
+    fn await_reused_evaluation(&self) {
+        let builder = self.builder();
+        let deadline = Instant::now() + CALL_BOUND;
+        while builder.is_evaluating() {
+            if Instant::now() > deadline {
+                self.fail("a reused evaluation ends at once", "it still runs after 10 s");
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -459,6 +499,23 @@ impl BuilderChecker {
                 format!("expected {}, got {}", g.drv_path, stored.drv_path),
             );
         }
+        if stored.eval_reused_from != g.reused_from.clone().unwrap_or_default() {
+            self.fail(
+                "a reused evaluation names its source, and only a reused one",
+                format!("expected {:?}, got {:?}", g.reused_from, stored.eval_reused_from),
+            );
+        }
+        let kept: Vec<(String, String, String)> = self
+            .store
+            .reusable_evaluations()
+            .into_iter()
+            .map(|e| (e.key, e.source_uuid, e.drv_path))
+            .collect();
+        let want: Vec<(String, String, String)> =
+            r.kept.iter().map(|k| (k.key.clone(), k.source.clone(), k.output.drv_path.clone())).collect();
+        if kept != want {
+            self.fail("the evaluations kept for reuse", format!("expected {want:?}, got {kept:?}"));
+        }
     }
 }
 
@@ -478,8 +535,13 @@ pub fn check_builder(ops: &[Op]) {
     let (jobs_tx, jobs) = crossbeam_channel::unbounded();
     let mut config = BuilderConfig::new("fuzz-host", std::env::temp_dir());
     config.process.kill_grace = Duration::from_millis(500);
-    let builder = Builder::new(config, Arc::new(Store::new()), Arc::new(FakeExecutor { jobs: jobs_tx }));
+    let (store, drvs) = (Arc::new(Store::new()), DrvValidity::default());
+    let executor = FakeExecutor { jobs: jobs_tx, drvs: drvs.clone() };
+    let builder = Builder::new(config, store.clone(), Arc::new(executor));
     let mut c = BuilderChecker {
+        store,
+        drvs,
+        asked: Vec::new(),
         evaluation_done: builder.evaluation_done(),
         build_done: builder.build_done(),
         events: builder.subscribe(),

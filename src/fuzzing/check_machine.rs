@@ -4,18 +4,26 @@
 //! and job table from the actions alone, and compares what it saw with the
 //! reference. A call that waits for a job is either settled at once (the job ends,
 //! the call is made again) or, in a race, kept blocked while the next calls are made.
+//!
+//! The records also go to an in-memory [`Store`], whose index of reusable evaluations
+//! the checker's evaluation jobs look up as the builder's do: a job that finds its
+//! key there with its `.drv` still valid ends at once, reused; one whose `.drv` is not
+//! drops the entry and runs.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use super::reference::{
-    fake_failure, fake_output, Blocked, Ev, Kind, Reference, Reply, Text, BUILT, FAKE_TIMEOUT,
+    fake_failure, fake_output, fake_reuse_key, Blocked, Ev, Evaluated, Kind, Reference, Reply, Text, BUILT,
+    FAKE_TIMEOUT,
 };
-use super::{error_mismatch, Call, JobEnd, Op, Target};
+use super::{earlier_commit, error_mismatch, Call, JobEnd, Op, Target};
 use crate::machine::{
-    Action, GenerationView, JobId, JobKind, Machine, Notification, Outcome, Record, Step, Wait,
+    Action, GenerationView, JobId, JobKind, Machine, Notification, Outcome, Provenance, Record, Step, Wait,
 };
+use crate::proto::RepositoryStatus;
 use crate::status::{BuildStatus, EvalStatus};
+use crate::store::{NewGeneration, Store};
 use crate::{CancelReason, Error, JobError};
 
 /// A generation as the driver's store holds it, built from `Record` actions only.
@@ -35,6 +43,8 @@ struct RunningJob {
     kind: JobKind,
     uuid: String,
     key: String,
+    /// An evaluation that has not looked for a reusable one yet.
+    lookup_pending: bool,
 }
 
 /// A machine command that returned [`Step::WaitFor`] and is made again once the
@@ -77,8 +87,14 @@ struct MachineDriver {
     ended: Vec<JobId>,
     seen_jobs: HashSet<JobId>,
     store: HashMap<String, Stored>,
+    /// The same records, applied by the real store (in memory).
+    records: Store,
     /// Every uuid handed to `eval`, created or not.
     uuids: Vec<String>,
+    /// The commits `eval` was called with, oldest first.
+    asked: Vec<String>,
+    /// Whether the `.drv` of each commit's evaluation is still valid, as last said.
+    drv_valid: HashMap<String, bool>,
     /// The generation created last.
     newest: Option<String>,
     /// A `stop` was called and no build was asked for since.
@@ -192,14 +208,38 @@ impl MachineDriver {
                 format!("{kind:?} of {uuid} while the newest is {:?}", self.newest),
             );
         }
-        self.running = Some(RunningJob { id, kind, uuid: uuid.to_string(), key });
+        let lookup_pending = kind == JobKind::Eval;
+        self.running = Some(RunningJob { id, kind, uuid: uuid.to_string(), key, lookup_pending });
         self.cancelled = None;
+    }
+
+    /// What the evaluation job just started does first: look for a reusable evaluation
+    /// of its key, and end at once if it finds one whose `.drv` is valid.
+    fn look_for_reuse(&mut self) -> Vec<Ev> {
+        let Some(job) = self.running.as_mut().filter(|r| r.lookup_pending) else { return Vec::new() };
+        job.lookup_pending = false;
+        let commit = job.key.clone();
+        let Some(key) = fake_reuse_key(&commit) else { return Vec::new() };
+        let Some((from, output)) = self.records.reusable_evaluation(&key) else { return Vec::new() };
+        if !self.drv_valid.get(&commit).copied().unwrap_or(true) {
+            self.records.forget_reusable_evaluation(&key, &from);
+            return Vec::new();
+        }
+        let already_built = output.out_path.ends_with("-valid");
+        self.end_running(Outcome::Evaluated {
+            output,
+            already_built,
+            provenance: Provenance::Reused { key, from },
+        })
     }
 
     fn apply_record(&mut self, record: Record<String>) -> Ev {
         let text = |r: Result<(), String>| r.map_err(Text::Exact);
         match record {
             Record::EvalStarted { uuid, request } => {
+                let rs = RepositoryStatus { selected_commit_id: request.clone(), ..Default::default() };
+                self.records
+                    .generation_eval_started(NewGeneration { uuid: &uuid, ..Default::default() }, &rs);
                 let g = Stored {
                     eval: EvalStatus::Evaluating,
                     build: BuildStatus::Initialized,
@@ -213,6 +253,7 @@ impl MachineDriver {
                 Ev::EvalStarted(uuid)
             }
             Record::EvalFinished { uuid, result } => {
+                self.records.generation_eval_finished(&uuid, &result);
                 let g = self.stored(&uuid);
                 if g.eval != EvalStatus::Evaluating {
                     self.fail(
@@ -222,15 +263,22 @@ impl MachineDriver {
                 }
                 let g = self.store.get_mut(&uuid).expect("checked above");
                 match &result {
-                    Ok(output) => {
+                    Ok((output, _)) => {
                         g.eval = EvalStatus::Evaluated;
                         g.drv_path = output.drv_path.clone();
                     }
                     Err(_) => g.eval = EvalStatus::Failed,
                 }
+                let result = result.map(|(output, provenance)| match provenance {
+                    Provenance::Evaluated { key } => Evaluated { output, key, reused_from: None },
+                    Provenance::Reused { key, from } => {
+                        Evaluated { output, key: Some(key), reused_from: Some(from) }
+                    }
+                });
                 Ev::EvalFinished(uuid, result.map_err(Text::Exact))
             }
             Record::BuildStarted { uuid, reason } => {
+                self.records.generation_build_started(&uuid, reason);
                 let g = self.stored(&uuid);
                 if g.eval != EvalStatus::Evaluated
                     || g.build == BuildStatus::Built
@@ -245,6 +293,7 @@ impl MachineDriver {
                 Ev::BuildStarted(uuid, reason.as_str())
             }
             Record::BuildFinished { uuid, result } => {
+                self.records.generation_build_finished(&uuid, &result);
                 if self.stored(&uuid).build != BuildStatus::Building {
                     self.fail("a build finishes once, after it started", &uuid);
                 }
@@ -266,14 +315,22 @@ impl MachineDriver {
     fn finish_running(&mut self, ending: JobEnd, wrong_kind: bool) -> Vec<Ev> {
         let job = self.running.clone().expect("a running job");
         let outcome = match (ending, job.kind == JobKind::Eval) {
-            (JobEnd::Ok { already_built }, is_eval) if is_eval != wrong_kind => {
-                Outcome::Evaluated { output: fake_output(&job.key, already_built), already_built }
-            }
+            (JobEnd::Ok { already_built }, is_eval) if is_eval != wrong_kind => Outcome::Evaluated {
+                output: fake_output(&job.key, already_built),
+                already_built,
+                provenance: Provenance::Evaluated { key: fake_reuse_key(&job.key) },
+            },
             (JobEnd::Ok { .. }, _) => Outcome::Built,
             (JobEnd::Failed, _) => Outcome::Failed(JobError::Failed(fake_failure(&job.key))),
             (JobEnd::TimedOut, _) => Outcome::Failed(JobError::TimedOut(FAKE_TIMEOUT)),
             (JobEnd::Cancelled, _) => Outcome::Failed(JobError::Cancelled(self.cancelled.clone())),
         };
+        self.end_running(outcome)
+    }
+
+    /// Hands `outcome` to the machine as the running job's end.
+    fn end_running(&mut self, outcome: Outcome) -> Vec<Ev> {
+        let job = self.running.clone().expect("a running job");
         if !self.machine.handle_finished(job.id, outcome) {
             self.fail("the running job's completion is accepted", format!("{job:?}"));
         }
@@ -286,11 +343,14 @@ impl MachineDriver {
     /// pending command if it must wait, and the results to compare otherwise.
     fn call(&mut self, call: Call, evs: &mut Vec<Ev>) -> Called {
         let (pending, result, reply) = match call {
-            Call::Eval => {
+            Call::Eval(choice) => {
                 let uuid = format!("gen-{}", self.uuids.len());
-                let key = format!("key{}", self.uuids.len());
+                let (key, drv_valid) = earlier_commit(choice, &self.asked)
+                    .unwrap_or_else(|| (format!("key{}", self.uuids.len()), true));
                 self.uuids.push(uuid.clone());
-                let reply = self.reference.eval(&uuid, &key);
+                self.asked.push(key.clone());
+                self.drv_valid.insert(key.clone(), drv_valid);
+                let reply = self.reference.eval(&uuid, &key, drv_valid);
                 match self.machine.eval(&uuid, &key, None) {
                     Ok(Step::WaitFor(wait)) => (Some(Pending::Eval { uuid, key, wait }), Ok(()), reply),
                     Ok(Step::Done) => {
@@ -337,6 +397,7 @@ impl MachineDriver {
             }
         };
         evs.extend(self.drain(None));
+        evs.extend(self.look_for_reuse());
         match (pending, reply) {
             (Some(pending), Reply::Blocked(blocked)) => {
                 let job = pending.job();
@@ -396,6 +457,7 @@ impl MachineDriver {
             Pending::Stop(_) => Ok(()),
         };
         evs.extend(self.drain(None));
+        evs.extend(self.look_for_reuse());
         if let Some((rule, detail)) = error_mismatch(&result, &expected) {
             self.fail(rule, detail);
         }
@@ -434,7 +496,9 @@ impl MachineDriver {
         let mut evs = Vec::new();
         let mut results = (Ok(()), Ok(()));
         match op {
-            Op::Eval { cancelled_job_ends: ending } => results = self.settle(Call::Eval, ending, &mut evs),
+            Op::Eval { cancelled_job_ends: ending, commit } => {
+                results = self.settle(Call::Eval(commit), ending, &mut evs)
+            }
             Op::Suspend { cancelled_job_ends: ending } => {
                 results = self.settle(Call::Suspend, ending, &mut evs)
             }
@@ -556,6 +620,28 @@ impl MachineDriver {
                     format!("expected {:?}, got {statuses:?}", (g.eval, g.build)),
                 );
             }
+            let reused_from =
+                self.records.generation(&g.uuid).map(|g| g.eval_reused_from).unwrap_or_default();
+            if reused_from != g.reused_from.clone().unwrap_or_default() {
+                self.fail(
+                    "a reused evaluation names its source, and only a reused one",
+                    format!("expected {:?}, got {reused_from:?}", g.reused_from),
+                );
+            }
+        }
+        let kept: Vec<(String, String, String, String)> = self
+            .records
+            .reusable_evaluations()
+            .into_iter()
+            .map(|e| (e.key, e.source_uuid, e.drv_path, e.out_path))
+            .collect();
+        let want: Vec<(String, String, String, String)> = r
+            .kept
+            .iter()
+            .map(|k| (k.key.clone(), k.source.clone(), k.output.drv_path.clone(), k.output.out_path.clone()))
+            .collect();
+        if kept != want {
+            self.fail("the evaluations kept for reuse", format!("expected {want:?}, got {kept:?}"));
         }
     }
 }
@@ -572,7 +658,10 @@ pub fn check_machine(ops: &[Op]) {
         ended: Vec::new(),
         seen_jobs: HashSet::new(),
         store: HashMap::new(),
+        records: Store::new(),
         uuids: Vec::new(),
+        asked: Vec::new(),
+        drv_valid: HashMap::new(),
         newest: None,
         stopped: false,
         step: 0,

@@ -14,13 +14,20 @@
 //!   suspend of a build, stop), so a cancelled job's error text is produced by the
 //!   real code.
 //!
+//! Evaluations have the reuse key of [`fake_reuse_key`]; whether an earlier
+//! evaluation's `.drv` is still valid is what the checker last said for its commit
+//! ([`DrvValidity`]). A reused evaluation never reaches [`FakeExecutor::eval`], so it
+//! does not register.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use parking_lot::Mutex;
 
-use super::reference::{fake_failure, fake_output, Kind, FAKE_TIMEOUT};
+use super::reference::{fake_failure, fake_output, fake_reuse_key, Kind, FAKE_TIMEOUT};
 use super::JobEnd;
 use crate::{EvalOutput, EvalRequest, Executor, JobContext, JobError};
 
@@ -40,9 +47,29 @@ pub(super) struct FakeJob {
     pub(super) directive: Sender<Directive>,
 }
 
+/// Whether the `.drv` of each commit's evaluation is still valid, as the checker last
+/// said (valid unless said otherwise).
+#[derive(Debug, Clone, Default)]
+pub(super) struct DrvValidity(Arc<Mutex<HashMap<String, bool>>>);
+
+impl DrvValidity {
+    pub(super) fn set(&self, commit: &str, valid: bool) {
+        self.0.lock().insert(commit.to_string(), valid);
+    }
+
+    pub(super) fn of_commit(&self, commit: &str) -> bool {
+        self.0.lock().get(commit).copied().unwrap_or(true)
+    }
+
+    fn of_drv(&self, drv_path: &str) -> bool {
+        self.of_commit(drv_path.trim_start_matches("/nix/store/").trim_end_matches("-system.drv"))
+    }
+}
+
 /// Jobs block until the checker directs them; see the module documentation.
 pub(super) struct FakeExecutor {
     pub(super) jobs: Sender<FakeJob>,
+    pub(super) drvs: DrvValidity,
 }
 
 impl FakeExecutor {
@@ -81,6 +108,14 @@ impl Executor for FakeExecutor {
 
     fn is_store_path_valid(&self, path: &str) -> bool {
         path.ends_with("-valid")
+    }
+
+    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
+        fake_reuse_key(&req.commit_id)
+    }
+
+    fn reuse_evaluation(&self, output: &EvalOutput, _: &JobContext) -> bool {
+        self.drvs.of_drv(&output.drv_path)
     }
 }
 

@@ -16,6 +16,16 @@
 //! * `check_decode` feeds arbitrary bytes to the store loader and the protobuf
 //!   decoders: errors are fine, panics are not.
 //!
+//! # Reused evaluations
+//!
+//! The fake executors give an evaluation of commit `c` the reuse key
+//! `reuse-key-of-c`, except for commits whose name ends in `0` (no key: never
+//! reused); an `eval` asks for a new commit or one of the last four asked for
+//! ([`Commit`]), and says whether the `.drv` of that commit's earlier evaluation is
+//! still valid when the new one looks for it. The reference predicts the reuse (an
+//! evaluation that ends at once, with no job reaching the executor) and the store's
+//! index of reusable evaluations, both of which the checkers compare.
+//!
 //! Besides comparing with the reference, both checkers hold these invariants after
 //! every operation: when `stop()` returns nothing runs and nothing is wanted; a resume
 //! after a stop starts nothing; every notification names the generation whose job
@@ -68,12 +78,23 @@ pub enum Target {
     WrongKind,
 }
 
+/// Which commit an `eval()` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// One never asked for.
+    New,
+    /// One asked for before: counted back from the last one asked for, among the last
+    /// four (a new one when none was). `drv_valid`: whether the `.drv` of its earlier
+    /// evaluation is still in the store (not collected) when this one looks for it.
+    Again { back: u8, drv_valid: bool },
+}
+
 /// A call made during a [`Op::Race`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     /// `eval()` of a new generation (only the first of a race; later ones are not
     /// made, since two waiting evaluations proceed in no fixed order).
-    Eval,
+    Eval(Commit),
     /// `submit_build()` of the current generation.
     SubmitCurrent,
     Suspend,
@@ -88,6 +109,7 @@ pub enum Op {
     /// (cancelled, or it won the race and ended on its own).
     Eval {
         cancelled_job_ends: JobEnd,
+        commit: Commit,
     },
     /// `submit_build()` of the current generation (a fresh uuid when there is none).
     SubmitCurrent,
@@ -117,11 +139,11 @@ pub enum Op {
 impl Op {
     /// The calls a race makes: its first `eval` only.
     fn race_calls(calls: &[Call; 3]) -> Vec<Call> {
-        let first_eval = calls.iter().position(|c| *c == Call::Eval);
+        let first_eval = calls.iter().position(|c| matches!(c, Call::Eval(_)));
         calls
             .iter()
             .enumerate()
-            .filter(|(i, c)| **c != Call::Eval || Some(*i) == first_eval)
+            .filter(|(i, c)| !matches!(c, Call::Eval(_)) || Some(*i) == first_eval)
             .map(|(_, c)| *c)
             .collect()
     }
@@ -161,14 +183,14 @@ impl<'a> Arbitrary<'a> for Target {
     }
 }
 
-impl<'a> Arbitrary<'a> for Call {
+impl<'a> Arbitrary<'a> for Commit {
+    /// Half new; a reused commit's `.drv` valid three times in four.
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.choose_index(5)? {
-            0 => Call::Eval,
-            1 => Call::SubmitCurrent,
-            2 => Call::Suspend,
-            3 => Call::Resume,
-            _ => Call::Stop,
+        let bits = u8::arbitrary(u)?;
+        Ok(if bits & 1 == 0 {
+            Commit::New
+        } else {
+            Commit::Again { back: (bits >> 1) & 3, drv_valid: (bits >> 3) & 3 != 0 }
         })
     }
 
@@ -177,10 +199,26 @@ impl<'a> Arbitrary<'a> for Call {
     }
 }
 
+impl<'a> Arbitrary<'a> for Call {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.choose_index(5)? {
+            0 => Call::Eval(u.arbitrary()?),
+            1 => Call::SubmitCurrent,
+            2 => Call::Suspend,
+            3 => Call::Resume,
+            _ => Call::Stop,
+        })
+    }
+
+    fn size_hint(_: usize) -> (usize, Option<usize>) {
+        (1, Some(2))
+    }
+}
+
 impl<'a> Arbitrary<'a> for Op {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(match u.choose_index(9)? {
-            0 => Op::Eval { cancelled_job_ends: u.arbitrary()? },
+            0 => Op::Eval { cancelled_job_ends: u.arbitrary()?, commit: u.arbitrary()? },
             1 => Op::SubmitCurrent,
             2 => Op::SubmitStale(u.arbitrary()?),
             3 => Op::SubmitUnknown,
@@ -193,8 +231,17 @@ impl<'a> Arbitrary<'a> for Op {
     }
 
     fn size_hint(_: usize) -> (usize, Option<usize>) {
-        (1, Some(5))
+        (1, Some(8))
     }
+}
+
+/// The earlier commit `choice` names among `asked` (oldest first) and whether its
+/// `.drv` is still valid; `None`: a new commit.
+fn earlier_commit(choice: Commit, asked: &[String]) -> Option<(String, bool)> {
+    let Commit::Again { back, drv_valid } = choice else { return None };
+    let last_four = &asked[asked.len().saturating_sub(4)..];
+    let back = usize::from(back) % last_four.len().max(1);
+    Some((last_four.iter().rev().nth(back)?.clone(), drv_valid))
 }
 
 /// The rule a command's result breaks, if any: exactly the documented errors, with

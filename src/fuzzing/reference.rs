@@ -20,10 +20,18 @@
 //! * A job cancelled several times records the strongest reason: stopped, then
 //!   superseded, then suspended. A job that ends on its own records its own error.
 //! * A job's end starts a wanted build of the current generation if not suspended.
+//! * An evaluation that succeeds with a reuse key is kept, by that key, with its
+//!   generation's uuid and its output. An evaluation whose key is kept and whose
+//!   `.drv` is still valid does not run: the generation is evaluated at once from
+//!   what was kept, naming its source (`eval_reused_from`), and the rest is as after
+//!   any evaluation. Kept but no longer valid: it is forgotten, and the evaluation
+//!   runs. Failed and cancelled evaluations are never kept. Only the
+//!   [`MAX_REUSABLE_EVALUATIONS`] keys last evaluated or reused are kept.
 
 use crate::executor::EvalOutput;
 use crate::fuzzing::JobEnd;
 use crate::status::{BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD};
+use crate::store::MAX_REUSABLE_EVALUATIONS;
 use crate::Error;
 
 /// An error text as recorded on a generation; `Any` where the rules leave it open.
@@ -42,12 +50,29 @@ impl PartialEq for Text {
     }
 }
 
+/// A successful evaluation as recorded: its output, the reuse key it was kept under
+/// (if any), and the generation it was reused from (if it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Evaluated {
+    pub(super) output: EvalOutput,
+    pub(super) key: Option<String>,
+    pub(super) reused_from: Option<String>,
+}
+
+/// An evaluation kept for reuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Kept {
+    pub(super) key: String,
+    pub(super) source: String,
+    pub(super) output: EvalOutput,
+}
+
 /// What the outside world sees of a step: store records, notifications, and (machine
 /// check only) job starts and cancellations.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Ev {
     EvalStarted(String),
-    EvalFinished(String, Result<EvalOutput, Text>),
+    EvalFinished(String, Result<Evaluated, Text>),
     BuildStarted(String, &'static str),
     BuildFinished(String, Result<(), Text>),
     EvaluationDone(String),
@@ -80,6 +105,8 @@ pub(super) struct RefGen {
     pub(super) eval_err: Text,
     pub(super) build_err: Text,
     pub(super) drv_path: String,
+    /// The generation whose evaluation this one reused.
+    pub(super) reused_from: Option<String>,
     /// A build submitted while suspended, or cancelled by a suspend.
     pub(super) wanted: bool,
 }
@@ -125,7 +152,7 @@ pub(super) struct RefJob {
 /// A call that waits for the running job to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Blocked {
-    Eval { uuid: String, key: String, stops: u64 },
+    Eval { uuid: String, key: String, stops: u64, drv_valid: bool },
     Suspend,
     Stop,
 }
@@ -145,7 +172,15 @@ pub(super) struct Reference {
     stops: u64,
     /// Every generation created, oldest first.
     pub(super) known: Vec<String>,
+    /// The evaluations kept for reuse, least recently used first.
+    pub(super) kept: Vec<Kept>,
     evs: Vec<Ev>,
+}
+
+/// The reuse key the fake executors give an evaluation of `commit`: none for commits
+/// whose name ends in `0`.
+pub(super) fn fake_reuse_key(commit: &str) -> Option<String> {
+    (!commit.ends_with('0')).then(|| format!("reuse-key-of-{commit}"))
 }
 
 pub(super) fn fake_output(key: &str, already_built: bool) -> EvalOutput {
@@ -184,20 +219,22 @@ impl Reference {
         }
     }
 
-    /// `eval()` of generation `uuid`, whose commit is `key`.
-    pub(super) fn eval(&mut self, uuid: &str, key: &str) -> Reply {
+    /// `eval()` of generation `uuid`, whose commit is `key`; `drv_valid`: whether the
+    /// `.drv` of an evaluation kept for its reuse key is still valid.
+    pub(super) fn eval(&mut self, uuid: &str, key: &str, drv_valid: bool) -> Reply {
         if let Some(g) = &mut self.current {
             g.wanted = false;
         }
         if self.running.is_some() {
             self.cancel(Why::Superseded(uuid.to_string()));
-            return Reply::Blocked(Blocked::Eval { uuid: uuid.into(), key: key.into(), stops: self.stops });
+            let (uuid, key, stops) = (uuid.into(), key.into(), self.stops);
+            return Reply::Blocked(Blocked::Eval { uuid, key, stops, drv_valid });
         }
-        self.create(uuid, key);
+        self.create(uuid, key, drv_valid);
         Reply::Returned(Ok(()))
     }
 
-    fn create(&mut self, uuid: &str, key: &str) {
+    fn create(&mut self, uuid: &str, key: &str, drv_valid: bool) {
         self.current = Some(RefGen {
             uuid: uuid.to_string(),
             key: key.to_string(),
@@ -206,12 +243,33 @@ impl Reference {
             eval_err: Text::Exact(String::new()),
             build_err: Text::Exact(String::new()),
             drv_path: String::new(),
+            reused_from: None,
             wanted: false,
         });
         self.known.push(uuid.to_string());
         self.running = Some(RefJob { kind: Kind::Eval, cancelled: None });
         self.evs.push(Ev::EvalStarted(uuid.to_string()));
         self.evs.push(Ev::StartEval(uuid.to_string()));
+        let Some(reuse_key) = fake_reuse_key(key) else { return };
+        let Some(at) = self.kept.iter().position(|k| k.key == reuse_key) else { return };
+        let kept = self.kept.remove(at);
+        if drv_valid {
+            self.running = None;
+            let evaluated =
+                Evaluated { output: kept.output, key: Some(reuse_key), reused_from: Some(kept.source) };
+            self.evaluated(evaluated);
+        }
+    }
+
+    /// Keeps `evaluated` for reuse (the most recent), if it has a key.
+    fn keep(&mut self, uuid: &str, evaluated: &Evaluated) {
+        let Some(key) = &evaluated.key else { return };
+        self.kept.retain(|k| &k.key != key);
+        let source = evaluated.reused_from.clone().unwrap_or_else(|| uuid.to_string());
+        self.kept.push(Kept { key: key.clone(), source, output: evaluated.output.clone() });
+        if self.kept.len() > MAX_REUSABLE_EVALUATIONS {
+            self.kept.remove(0);
+        }
     }
 
     pub(super) fn submit_build(&mut self, uuid: &str) -> Result<(), Error> {
@@ -298,10 +356,16 @@ impl Reference {
                     fix(s);
                 }
             }
+            g.reused_from.iter_mut().for_each(fix);
         }
         self.known.iter_mut().for_each(fix);
+        self.kept.iter_mut().for_each(|k| fix(&mut k.source));
         for ev in &mut self.evs {
             match ev {
+                Ev::EvalFinished(u, Ok(evaluated)) => {
+                    fix(u);
+                    evaluated.reused_from.iter_mut().for_each(fix);
+                }
                 Ev::EvalFinished(u, Err(Text::Exact(s))) | Ev::BuildFinished(u, Err(Text::Exact(s))) => {
                     fix(u);
                     fix(s);
@@ -335,8 +399,8 @@ impl Reference {
         );
         match blocked {
             Blocked::Eval { stops, .. } if stops != self.stops => Err(Error::Stopped),
-            Blocked::Eval { uuid, key, .. } => {
-                self.create(&uuid, &key);
+            Blocked::Eval { uuid, key, drv_valid, .. } => {
+                self.create(&uuid, &key, drv_valid);
                 Ok(())
             }
             Blocked::Suspend | Blocked::Stop => Ok(()),
@@ -360,18 +424,9 @@ impl Reference {
         match (job.kind, result) {
             (Kind::Eval, Ok(already_built)) => {
                 let output = fake_output(&g.key, already_built);
-                g.eval = EVALUATED;
-                g.drv_path = output.drv_path.clone();
-                self.evs.push(Ev::EvalFinished(uuid.clone(), Ok(output)));
-                if already_built {
-                    g.build = BUILT;
-                    g.build_err = Text::Exact(String::new());
-                    self.evs.push(Ev::BuildStarted(uuid.clone(), BUILD_REASON_ALREADY_BUILT));
-                    self.evs.push(Ev::BuildFinished(uuid.clone(), Ok(())));
-                    self.evs.push(Ev::BuildDone(uuid));
-                } else {
-                    self.evs.push(Ev::EvaluationDone(uuid));
-                }
+                let key = fake_reuse_key(&g.key);
+                self.evaluated(Evaluated { output, key, reused_from: None });
+                return;
             }
             (Kind::Eval, Err(text)) => {
                 g.eval = FAILED;
@@ -394,6 +449,31 @@ impl Reference {
                 self.evs.push(Ev::BuildFinished(uuid.clone(), Err(text)));
                 self.evs.push(Ev::BuildDone(uuid));
             }
+        }
+        self.start_wanted_build();
+    }
+
+    /// The running evaluation of the current generation succeeded (or was reused)
+    /// with `evaluated`.
+    fn evaluated(&mut self, evaluated: Evaluated) {
+        let g = self.current.as_mut().expect("an evaluation has a current generation");
+        let uuid = g.uuid.clone();
+        // The fake executors' store holds exactly the outputs named so.
+        let already_built = evaluated.output.out_path.ends_with("-valid");
+        g.eval = EVALUATED;
+        g.drv_path = evaluated.output.drv_path.clone();
+        g.reused_from = evaluated.reused_from.clone();
+        self.keep(&uuid, &evaluated);
+        self.evs.push(Ev::EvalFinished(uuid.clone(), Ok(evaluated)));
+        let g = self.current.as_mut().expect("still there");
+        if already_built {
+            g.build = BUILT;
+            g.build_err = Text::Exact(String::new());
+            self.evs.push(Ev::BuildStarted(uuid.clone(), BUILD_REASON_ALREADY_BUILT));
+            self.evs.push(Ev::BuildFinished(uuid.clone(), Ok(())));
+            self.evs.push(Ev::BuildDone(uuid));
+        } else {
+            self.evs.push(Ev::EvaluationDone(uuid));
         }
         self.start_wanted_build();
     }
