@@ -164,6 +164,14 @@
 //!   handle cancel everything without waiting for the calling job (it ends when its
 //!   work returns, and cannot be promised gone before); [`submit_build`](Builder::submit_build),
 //!   [`resume`](Builder::resume) and every getter work as anywhere.
+//! * **A commit is not evaluated twice.** An evaluation with the same inputs as an
+//!   earlier successful one (the same reuse key, see [`Executor::eval_reuse_key`]:
+//!   flakes always, legacy Nix when asked) whose `.drv` is still in the Nix store is
+//!   recorded from that result without running an evaluator: a commit promoted from a
+//!   testing branch, the commit re-evaluated after a restart (the [`Store`] keeps the
+//!   results). The generation names its source in `eval_reused_from`. A failed or
+//!   cancelled evaluation is never reused; a collected `.drv` means a real evaluation.
+//!   See [`Builder::eval`].
 //! * **Which calls block.** `eval`, `suspend` and `stop` wait for the running job when
 //!   they cancel it (a build's grace period at most, after SIGTERM). The others, and
 //!   the getters, take the state lock only, which is never held while a job runs

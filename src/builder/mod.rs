@@ -181,6 +181,31 @@ impl Builder {
     /// announced on [`evaluation_done`](Builder::evaluation_done), or on
     /// [`build_done`](Builder::build_done) when its output is already in the store.
     ///
+    /// # Reused evaluations
+    ///
+    /// When the executor gives the request a reuse key
+    /// ([`Executor::eval_reuse_key`]: the commit and every other input that can change
+    /// the result; [`FlakeExecutor`](crate::FlakeExecutor) always,
+    /// [`NixExecutor`](crate::NixExecutor) only when
+    /// [`reuse_legacy_evaluations`](crate::NixOptions::reuse_legacy_evaluations) is on),
+    /// and the store keeps a successful evaluation under that key (from this builder,
+    /// another one over the same store, or before a restart), and the executor finds
+    /// its `.drv` still valid ([`Executor::reuse_evaluation`], which roots it again for
+    /// this builder): the generation is recorded evaluated from that result, with no
+    /// evaluator process, and `eval_reused_from` names the generation that was
+    /// evaluated. The rest is as after any evaluation: `evaluation_done`, or the
+    /// "already built" shortcut. The new generation keeps its own repository status
+    /// (branch, remote, message, testing flag are not inputs) and the timestamps of
+    /// the reuse. The reuse runs as the evaluation job (the lookup is I/O), so this
+    /// still returns at once, and [`stop`](Builder::stop) or a newer `eval` cancel it as
+    /// any evaluation.
+    ///
+    /// Never reused: an evaluation that failed, timed out or was cancelled; one whose
+    /// `.drv` is no longer valid (collected; it is then forgotten, and the commit is
+    /// evaluated); one with any input different. The store keeps the
+    /// [`MAX_REUSABLE_EVALUATIONS`](crate::store::MAX_REUSABLE_EVALUATIONS) keys last
+    /// evaluated or reused.
+    ///
     /// # Errors
     /// [`Error::Stopped`] when [`stop`](Builder::stop) was called while this waited for
     /// the running job (no generation is created); [`Error::CalledFromJob`] when called

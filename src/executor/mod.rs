@@ -78,6 +78,12 @@ pub trait Executor: Send + Sync + 'static {
     /// same derivation, so a successful evaluation may stand in for a later one with
     /// the same key (see [`reuse_evaluation`](Executor::reuse_evaluation)). `None`
     /// by default.
+    ///
+    /// The builder keeps results by this key alone, in its [`Store`](crate::Store),
+    /// across restarts and whichever executor a later builder over that store has: the
+    /// key must name the executor (its kind, its version) as well as the request, so
+    /// that two executors that may evaluate differently never share one. The Nix
+    /// executors' keys are name-based UUIDs of all that.
     fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
         let _ = req;
         None
