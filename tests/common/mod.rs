@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nix;
+pub mod nix_shim;
 pub mod remote;
 pub mod store;
 
