@@ -24,19 +24,24 @@
 //!   `cmd.Wait` waits for the pipes' EOF).
 //! * [`latency`]: a thread waits for the child and sends on a 1-slot channel; CPU: a
 //!   thread blocked in `wait()`.
+//! * [`reuse`]: the reference evaluates every commit it is given, so its column for
+//!   an evaluation reused (the same flake commit on another branch, or after a
+//!   restart) is the first evaluation's time.
 //! * [`rss`]: the child's output copied to a log writer with a 32 KiB buffer, as Go's
 //!   `io.Copy` does (the reference streams nothing to subscribers).
 //!
 //! Needs Nix (Debian's nix-bin 2.8 as root, single-user; settings passed with
-//! `--option`, `/etc/nix` untouched) for the eval and stop rows; without it those
-//! rows say so. `--quick` (or `GENBUILD_BENCH_QUICK=1`) does fewer repetitions and a
-//! shorter CPU job, for CI. `--only NAME[,NAME]` runs only those groups (eval, stop,
-//! churn, containment, latency, rss). Run: `cargo bench --bench figures [-- --quick]`.
+//! `--option`, `/etc/nix` untouched) for the eval, reuse and stop rows; without it
+//! those rows say so. `--quick` (or `GENBUILD_BENCH_QUICK=1`) does fewer repetitions
+//! and a shorter CPU job, for CI. `--only NAME[,NAME]` runs only those groups (eval,
+//! reuse, stop, churn, containment, latency, rss). Run:
+//! `cargo bench --bench figures [-- --quick]`.
 
 mod churn;
 mod containment;
 mod eval;
 mod latency;
+mod reuse;
 mod rss;
 mod stop;
 mod util;
@@ -134,6 +139,7 @@ fn main() {
             rows.push(eval::cpu_bound_stop_row(&plan));
             rows
         });
+        stage("reuse", &mut rows, &|| reuse::reuse_rows(&plan));
         stage("stop", &mut rows, &|| stop::stop_rows(&plan));
     } else {
         let missing = || "Nix not installed".to_string();
