@@ -166,18 +166,20 @@ fn a_collected_drv_is_evaluated_again_and_then_reused() {
 }
 
 #[test]
-fn legacy_evaluations_are_reused_only_when_asked() {
+fn legacy_evaluations_are_reused_only_when_asked_and_never_for_a_flake() {
     if !nix_or_skip() {
         return;
     }
     let (env, repo, shim, n) = (Env::new(), Repo::new(), NixShim::new(), nonce());
     repo.write("default.nix", &Kind::Legacy.expression("h", &n, "echo > $out", None));
+    repo.write("flake.nix", &Kind::Flake.expression("h", &n, "echo > $out", None));
     let commit = repo.commit();
+    let store = Arc::new(Store::new());
     let legacy = |reuse: bool| -> Harness {
         let mut options = options(&env, &shim);
         options.reuse_legacy_evaluations = reuse;
         let executor: Arc<dyn Executor> = Arc::new(NixExecutor::new(options));
-        Harness::new(nix_config("h", repo.path(), "system"), executor)
+        Harness::with_store(nix_config("h", repo.path(), "system"), store.clone(), executor)
     };
 
     let h = legacy(false);
@@ -192,11 +194,19 @@ fn legacy_evaluations_are_reused_only_when_asked() {
     assert_eq!(shim.evaluations(), 2);
     assert!(h.store.reusable_evaluations().is_empty());
 
+    // The same commit, host and repository through the flake executor, over the same
+    // store: kept under a key of its own kind, which the legacy executor never asks for.
+    let f = flake("h", &repo, &store, &env, &shim).eval(&commit);
+    assert_eq!(f.eval_status, "evaluated", "{}", f.eval_err);
+    assert_eq!(shim.evaluations(), 3);
+
     let h = legacy(true);
     let a = h.eval(&commit);
+    assert_eq!(a.eval_reused_from, "", "the flake's evaluation is not the legacy one's");
     let b = eval_rs(&h, &promoted(&commit));
     assert_eq!(b.eval_reused_from, a.uuid, "{}", b.eval_err);
     assert_eq!(b.drv_path, a.drv_path);
-    assert_eq!(shim.evaluations(), 3, "one evaluation with the opt-in: {:#?}", shim.invocations());
+    assert_eq!(shim.evaluations(), 4, "one evaluation with the opt-in: {:#?}", shim.invocations());
+    assert_eq!(store.reusable_evaluations().len(), 2, "one per executor kind");
     assert_no_process(&Path::new(repo.path()).to_string_lossy());
 }

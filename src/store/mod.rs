@@ -132,6 +132,10 @@ impl Store {
     /// A missing directory is no error here: the first write reports it (see
     /// [`last_error`](Store::last_error)).
     ///
+    /// Open a file once, in one process at a time, and share the `Arc<Store>`: every
+    /// change rewrites the whole file, so two stores over one file overwrite each
+    /// other's generations and reusable evaluations.
+    ///
     /// # Examples
     /// ```
     /// use genbuild::{Store, StoreError};
