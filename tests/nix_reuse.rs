@@ -158,7 +158,11 @@ fn a_collected_drv_is_evaluated_again_and_then_reused() {
         .collect();
     assert!(logs.iter().any(|l| l.contains("is no longer valid; evaluating")), "{logs:?}");
     let sources: Vec<String> = store.reusable_evaluations().into_iter().map(|e| e.source_uuid).collect();
-    assert_eq!(sources, [second.uuid.clone()], "the stale entry went, the new evaluation is kept");
+    assert_eq!(
+        sources,
+        std::slice::from_ref(&second.uuid),
+        "the stale entry went, the new evaluation is kept"
+    );
 
     let third = h.eval(&commit);
     assert_eq!(third.eval_reused_from, second.uuid);
