@@ -1,16 +1,17 @@
 //! What a builder's job does on its thread, and how it reports back.
 //!
 //! A job runs one [`Task`] as its [`Work`](crate::Work): it asks the executor, and for
-//! an evaluation also whether the output is already built. An evaluation first looks
-//! for a reusable one (same reuse key, in the store) whose `.drv` the executor finds
-//! still valid: that result then stands in for the evaluation, and no evaluator runs.
-//! This is I/O, so it happens here, on the job's thread, never under the builder's
-//! lock; a cancellation that came meanwhile wins, as it would over an evaluator's
-//! exit. Its outcome reaches the
+//! an evaluation also whether the output is already built. Its outcome reaches the
 //! driver through the job's `on_finished` hook, which runs on the job's thread even
 //! when the executor panicked (the job catches the panic once): a started job always
 //! ends with its notification. Both run marked as this builder's job (`reentry`), so
 //! that a call from the executor back into the builder is recognised.
+//!
+//! An evaluation first looks for a reusable one (same reuse key, in the store) whose
+//! `.drv` the executor finds still valid: that result then stands in for the
+//! evaluation, and no evaluator runs. This is I/O, so it happens here, on the job's
+//! thread, never under the builder's lock; a cancellation that came meanwhile wins, as
+//! it would over an evaluator's exit.
 
 use std::sync::Arc;
 use std::time::Duration;
