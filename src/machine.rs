@@ -37,7 +37,7 @@
 //!
 //! Whether an earlier evaluation stands in for a new one is the evaluation job's
 //! business (the lookup and the `.drv`'s validity are I/O): the job reports its
-//! [`Provenance`] with its outcome, and the machine carries it into the
+//! [`Provenance`](crate::status::Provenance) with its outcome, and the machine carries it into the
 //! [`Record::EvalFinished`] for the store, which keeps the index of reusable results.
 //! A reused evaluation is otherwise an evaluation like any other: a job that can be
 //! cancelled, then the "already built" shortcut or `evaluation_done`.
@@ -46,7 +46,7 @@ use std::collections::VecDeque;
 
 use crate::error::{CancelReason, Error, JobError};
 use crate::executor::EvalOutput;
-use crate::status::{BuildReason, BuildStatus, EvalStatus};
+use crate::status::{BuildReason, BuildStatus, EvalStatus, Provenance};
 
 /// Identifies one job (an evaluation or a build) for the machine's whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,19 +66,6 @@ pub struct GenerationView {
     pub eval: EvalStatus,
     pub build: BuildStatus,
     pub drv_path: String,
-}
-
-/// Where a successful evaluation's result comes from. The store keeps the results
-/// that may be reused by their key (its index of reusable evaluations), and names the
-/// source of a reused one in the generation (`eval_reused_from`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Provenance {
-    /// An evaluator ran. `key`: the request's reuse key, when the executor gives one;
-    /// the result is then offered for reuse.
-    Evaluated { key: Option<String> },
-    /// No evaluator ran: the evaluation of generation `from`, recorded under `key`,
-    /// stands in for this one (the job looked it up and found its `.drv` valid).
-    Reused { key: String, from: String },
 }
 
 /// How a job ended, as the job reports it.

@@ -2,8 +2,10 @@
 //!
 //! The store keeps a generation's statuses and build reason as strings (comin's
 //! protobuf has them so); the state machine reasons with these enums. Both convert
-//! through [`as_str`](EvalStatus::as_str) and [`FromStr`], defined here once. A leaf
-//! module: it imports nothing of the crate, so everything may use it.
+//! through [`as_str`](EvalStatus::as_str) and [`FromStr`], defined here once. Beside
+//! them, where a generation's evaluation came from ([`Provenance`]: evaluated, or
+//! reused from another generation), which the store records. A leaf module: it imports
+//! nothing of the crate, so everything may use it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -104,6 +106,19 @@ wire_words! {
         /// A build was submitted.
         NeedBuild => BUILD_REASON_NEED_BUILD,
     }
+}
+
+/// Where a successful evaluation's result comes from. The store keeps the results
+/// that may be reused by their key (its index of reusable evaluations), and names the
+/// source of a reused one in the generation (`eval_reused_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Provenance {
+    /// An evaluator ran. `key`: the request's reuse key, when the executor gives one;
+    /// the result is then offered for reuse.
+    Evaluated { key: Option<String> },
+    /// No evaluator ran: the evaluation of generation `from`, recorded under `key`,
+    /// stands in for this one (the job looked it up and found its `.drv` valid).
+    Reused { key: String, from: String },
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use super::reentry;
 use crate::error::JobError;
 use crate::executor::{EvalRequest, Executor};
 use crate::job::{Job, JobContext, LogSink};
-use crate::machine::{JobId, Outcome, Provenance};
+use crate::machine::{JobId, Outcome};
 use crate::process::Stream;
+use crate::status::Provenance;
 use crate::store::Store;
 
 /// What a job does.

@@ -54,9 +54,9 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::executor::EvalOutput;
-use crate::machine::Provenance;
 use crate::proto::{self, status, Generation, ReusableEvaluation, StoreState};
 use crate::status::BuildReason;
+use crate::status::Provenance;
 use reusable::ReuseIndex;
 pub use reusable::MAX_REUSABLE_EVALUATIONS;
 

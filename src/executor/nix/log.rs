@@ -395,26 +395,5 @@ pub(crate) fn strip_ansi(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The error of a failed command as the process layer words it ("`COMMAND` exited
-/// with status N:" and the raw tail of stderr), with the raw tail replaced by `clean`.
-pub(crate) fn with_clean_tail(text: &str, clean: &str) -> String {
-    // The raw tail starts after the first line that ends the command's description;
-    // a description never holds a raw `@nix ` line, the tail usually starts with one.
-    let raw_start = text.find("\n@nix ").map_or(text.len(), |i| i + 1);
-    let head_end = ["` exited with status ", "` killed by signal ", "` ended with "]
-        .iter()
-        .filter_map(|how| text[..raw_start].rfind(how))
-        .max()
-        .map(|at| text[at..].find('\n').map_or(text.len(), |n| at + n))
-        .unwrap_or(raw_start);
-    let head = text[..head_end].trim_end().trim_end_matches(':');
-    let clean = clean.trim();
-    if clean.is_empty() {
-        head.to_string()
-    } else {
-        format!("{head}:\n{clean}")
-    }
-}
-
 #[cfg(test)]
 mod tests;

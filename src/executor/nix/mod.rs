@@ -187,7 +187,6 @@ impl Core {
                 failure.stderr_tail = nix_log.failure().trim().to_string();
                 JobError::Command(failure)
             }
-            JobError::Failed(text) => JobError::Failed(log::with_clean_tail(&text, &nix_log.failure())),
             other => other,
         })
     }
@@ -241,7 +240,7 @@ impl Core {
                 return Ok(output);
             }
             self.roots.root_drv(ctx.gc_root_owner(), &output.drv_path)?;
-            if self.is_store_path_valid(&output.drv_path) {
+            if self.is_valid(&output.drv_path, ctx) {
                 return Ok(output);
             }
             let collected = format!("{} was garbage-collected right after its evaluation", output.drv_path);
@@ -295,9 +294,20 @@ impl Core {
         }
     }
 
+    /// [`is_store_path_valid`](Core::is_store_path_valid) as a command of the job: a
+    /// store that does not answer (a remote `store = ssh://…`) is cancelled and timed
+    /// out with the job. Its answer ("path … is not valid") is no log line.
+    fn is_valid(&self, path: &str, ctx: &JobContext) -> bool {
+        if path.is_empty() {
+            return false;
+        }
+        let cmd = self.command("nix-store", ["--check-validity", path]);
+        ctx.run_with(cmd, &mut |_, _| {}).is_ok()
+    }
+
     /// Whether `output` is in the store; if so it gets the root a build would give it.
     fn is_built(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
-        if !self.is_store_path_valid(&output.out_path) {
+        if !self.is_valid(&output.out_path, ctx) {
             return false;
         }
         if let Err(e) = self.roots.root_out(ctx.gc_root_owner(), &output.drv_path, &output.out_path) {
@@ -317,19 +327,18 @@ impl Core {
         key::eval_reuse_key(self, req)
     }
 
-    /// Whether an earlier evaluation's `.drv` is still in the store; if so it is rooted
-    /// again, under the job's owner.
+    /// Whether an earlier evaluation's `.drv` is still in the store, rooted again under
+    /// the job's owner. Rooted first, checked second: a `.drv` found valid once our root
+    /// is in place cannot be collected any more (as in [`eval`](Core::eval)).
     fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
-        if roots::store_basename(&output.drv_path).is_err() || !self.is_store_path_valid(&output.drv_path) {
+        if roots::store_basename(&output.drv_path).is_err() {
             return false;
         }
-        match self.roots.root_drv(ctx.gc_root_owner(), &output.drv_path) {
-            Ok(()) => true,
-            Err(e) => {
-                ::log::warn!("{e}; the evaluation is not reused");
-                false
-            }
+        if let Err(e) = self.roots.root_drv(ctx.gc_root_owner(), &output.drv_path) {
+            ::log::warn!("{e}; the evaluation is not reused");
+            return false;
         }
+        self.is_valid(&output.drv_path, ctx)
     }
 }
 

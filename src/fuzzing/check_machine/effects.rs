@@ -6,8 +6,9 @@ use crate::fuzzing::reference::{
     fake_failure, fake_output, fake_reuse_key, Ev, Evaluated, Text, FAKE_TIMEOUT,
 };
 use crate::fuzzing::JobEnd;
-use crate::machine::{JobKind, Outcome, Provenance, Record};
+use crate::machine::{JobKind, Outcome, Record};
 use crate::proto::RepositoryStatus;
+use crate::status::Provenance;
 use crate::status::{BuildStatus, EvalStatus};
 use crate::store::NewGeneration;
 use crate::JobError;

@@ -191,24 +191,6 @@ fn escape_sequences_are_stripped() {
 }
 
 #[test]
-fn the_raw_tail_of_a_failure_is_replaced() {
-    let text =
-        "`nix-store --log-format internal-json --realise '/nix/store/x.drv'` exited with status 100:\n\
-                @nix {\"action\":\"msg\"}\n@nix {}";
-    assert_eq!(
-        with_clean_tail(text, "builder failed\nlast lines"),
-        "`nix-store --log-format internal-json --realise '/nix/store/x.drv'` exited with status 100:\nbuilder failed\nlast lines"
-    );
-    // A description spanning lines, a plain line before the JSON, no clean text.
-    let text = "`nix eval --expr '{ f = x:\nx; }'` killed by signal 9:\nfatal: x\n@nix {}";
-    assert_eq!(
-        with_clean_tail(text, "fatal: x"),
-        "`nix eval --expr '{ f = x:\nx; }'` killed by signal 9:\nfatal: x"
-    );
-    assert_eq!(with_clean_tail("`nix` exited with status 1", ""), "`nix` exited with status 1");
-}
-
-#[test]
 fn a_remote_build_shows_its_copies_back_and_only_the_local_counters() {
     for log in [fixture!("remote-realise-chain.stderr"), fixture!("remote-build-chain.stderr")] {
         let (parser, seen) = feed_all(log);
