@@ -1,8 +1,8 @@
 //! The builder's refusals ([`Error`]), the store's failures ([`StoreError`]) and
 //! [`JobError`], the outcome of a failed job.
 //!
-//! Messages of the builder's refusals are part of the contract (DESIGN.md, Semantics):
-//! callers and the Go reference compare them as strings.
+//! Messages of the builder's refusals are part of the contract (the ones of comin's Go
+//! builder, which genbuild implements): callers compare them as strings.
 
 use std::path::PathBuf;
 use std::time::Duration;

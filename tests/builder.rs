@@ -1,5 +1,6 @@
-//! Every scenario of DESIGN.md's Semantics section against the threaded builder, with
-//! executors whose jobs are real `sh`/`sleep` processes.
+//! Every scenario of the builder's semantics (the `Builder` methods' docs and the crate's
+//! "Guarantees") against the threaded builder, with executors whose jobs are real
+//! `sh`/`sleep` processes.
 
 mod common;
 

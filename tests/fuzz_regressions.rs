@@ -20,7 +20,7 @@ fn build_ends_on_its_own_during_suspend(ending: JobEnd) -> Vec<Op> {
 /// wanted again when it *cancels* it, not when the build *ends cancelled*. A build
 /// that failed or timed out on its own in that window is recorded failed with its
 /// own error, and is then started again by `resume` although nobody submitted it
-/// again. DESIGN.md: resume builds what "was cancelled by the suspend".
+/// again. The rule (`Builder::resume`): resume builds what "was cancelled by the suspend".
 #[test]
 fn suspend_does_not_requeue_a_build_that_failed_on_its_own() {
     check_machine(&build_ends_on_its_own_during_suspend(JobEnd::Failed));

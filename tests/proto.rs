@@ -1,4 +1,5 @@
-//! The wire format: every field of DESIGN.md's Protobuf section has comin's number.
+//! The wire format: every field comin's `services.proto` has keeps comin's number, and
+//! genbuild's own additions are numbered where comin's never go (ARCHITECTURE.md).
 
 use genbuild::proto::{self, event, Event, Generation, RepositoryStatus};
 use prost::Message;

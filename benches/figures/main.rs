@@ -34,7 +34,9 @@
 //! `--option`, `/etc/nix` untouched) for the eval, reuse and stop rows; without it
 //! those rows say so. `--quick` (or `GENBUILD_BENCH_QUICK=1`) does fewer repetitions
 //! and a shorter CPU job, for CI. `--only NAME[,NAME]` runs only those groups (eval,
-//! reuse, stop, churn, containment, latency, rss). Run:
+//! reuse, stop, churn, containment, latency, rss). `GENBUILD_BENCH_CONTAINMENT=tree`
+//! runs genbuild's side with the process-tree containment instead of a cgroup v2 per
+//! command (what a host without a writable cgroup v2 gets). Run:
 //! `cargo bench --bench figures [-- --quick]`.
 
 mod churn;

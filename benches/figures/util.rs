@@ -141,8 +141,19 @@ pub(crate) fn commit_system(repo: &Repo, name: &str, script: &str, env: &str) ->
     repo.write("default.nix", &expr).commit()
 }
 
+/// A builder's configuration as the bench runs it: `GENBUILD_BENCH_CONTAINMENT=tree`
+/// measures the process-tree containment instead of the automatic one (a cgroup v2 per
+/// command where writable).
+pub(crate) fn bench_config(repository: &Path) -> BuilderConfig {
+    let mut config = BuilderConfig::new("bench", repository);
+    if std::env::var("GENBUILD_BENCH_CONTAINMENT").as_deref() == Ok("tree") {
+        config.process.containment = genbuild::Containment::ProcessTree;
+    }
+    config
+}
+
 pub(crate) fn nix_builder(repo: &Repo, env: &Env) -> (Builder, Arc<Store>) {
-    let mut config = BuilderConfig::new("bench", repo.path());
+    let mut config = bench_config(repo.path());
     config.system_attr = "system".into();
     config.eval_timeout = HANG;
     config.build_timeout = HANG;
@@ -212,11 +223,11 @@ impl Executor for BenchExecutor {
 
 pub(crate) fn shell_builder(eval: Option<String>, build: Option<String>) -> (Builder, Arc<Store>) {
     let store = Arc::new(Store::new());
-    let mut config = BuilderConfig::new("bench", "/nonexistent");
-    if std::env::var("GENBUILD_BENCH_CONTAINMENT").as_deref() == Ok("tree") {
-        config.process.containment = genbuild::Containment::ProcessTree;
-    }
-    let builder = Builder::new(config, store.clone(), Arc::new(BenchExecutor::new(eval, build)));
+    let builder = Builder::new(
+        bench_config(Path::new("/nonexistent")),
+        store.clone(),
+        Arc::new(BenchExecutor::new(eval, build)),
+    );
     (builder, store)
 }
 

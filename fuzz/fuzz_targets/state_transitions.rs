@@ -1,4 +1,4 @@
-//! Operation sequences against the pure state machine, checked against DESIGN.md.
+//! Operation sequences against the pure state machine, checked against the reference model.
 #![no_main]
 
 use genbuild::fuzzing::{check_machine, Op};

@@ -4,9 +4,9 @@
 //!
 //! The generators (the [`Op`] sequences, drawn by `arbitrary`) are apart from the
 //! oracles (wasmtime's `crates/fuzzing` is the model):
-//! * `reference`: a second model of the builder's semantics (the crate documentation,
-//!   DESIGN.md), written from the rules and not from the machine's code; it says what
-//!   every operation must do.
+//! * `reference`: a second model of the builder's semantics (the crate documentation),
+//!   written from the rules and not from the machine's code; it says what every
+//!   operation must do.
 //! * `check_machine` drives the private state machine the way the
 //!   [`Builder`](crate::Builder) does (drain every action, end a job a command waits
 //!   for, retry the command) and compares everything it emits with the reference.

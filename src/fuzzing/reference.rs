@@ -1,5 +1,5 @@
 //! The reference model: the builder's semantics restated from its documentation
-//! (DESIGN.md's Semantics and the crate's "Guarantees"), without looking at the
+//! (the `Builder` methods' docs and the crate's "Guarantees"), without looking at the
 //! machine's code. Where the two disagree, either the machine has a bug or the rules
 //! are ambiguous; both deserve a look.
 //!
