@@ -88,8 +88,9 @@ fn seeded_decode_inputs() {
     }
 }
 
-/// Writes the seed corpus under fuzz/corpus/ (deterministic: rerunning changes
-/// nothing). Run with `cargo test --all-features --test fuzz_replay -- --ignored`.
+/// Writes the seed corpus under fuzz/corpus/ (deterministic but for the time a
+/// generation was found interrupted, in `decode/store-framed`). Run with
+/// `cargo test --all-features --test fuzz_replay -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand"]
 fn write_seed_corpus() {
@@ -135,6 +136,13 @@ fn write_seed_corpus() {
     let rs = proto::RepositoryStatus { selected_commit_id: "ab".repeat(20), ..Default::default() };
     write("decode", "empty", b"");
     write("decode", "store", &store.encode_to_vec());
+    // The same state as the store writes it today: opening the legacy file marks the
+    // evaluating generation interrupted, which rewrites it framed.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::write(&path, store.encode_to_vec()).unwrap();
+    drop(genbuild::Store::open(&path).unwrap());
+    write("decode", "store-framed", &std::fs::read(&path).unwrap());
     write("decode", "event", &event.encode_to_vec());
     write("decode", "builder", &state.encode_to_vec());
     write("decode", "repository-status", &rs.encode_to_vec());
