@@ -24,26 +24,12 @@ use std::time::{Duration, Instant};
 
 use common::nix::{nix_or_skip, Env, Repo};
 use common::*;
-use crossbeam_channel::Receiver;
-use genbuild::proto::{event, status, Event};
+use genbuild::proto::status;
 use genbuild::{Builder, NixExecutor, WaitStrategy};
 use rustix::process::{Pid, Signal};
 
 /// Bound of the waits of the Nix test (an evaluation and a build take well under it).
 const NIX_HANG: Duration = common::nix::NIX_HANG;
-
-/// Waits until a log line containing `text` arrives on `events`.
-fn wait_for_log(events: &Receiver<Event>, text: &str, bound: Duration) {
-    let deadline = Instant::now() + bound;
-    loop {
-        let event = events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
-        if let Some(event::Kind::LogLine(line)) = &event.kind {
-            if line.line.contains(text) {
-                return;
-            }
-        }
-    }
-}
 
 /// Pids of live process-group leaders whose command line starts with `program` and
 /// contains `marker`.

@@ -7,10 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use crate::common::nix::{Env, Repo};
-use crate::common::{nonce, rs};
+use crate::common::{nonce, rs, wait_for_log};
 use crate::util::{
     commit_system, count_and_kill_leftovers, fmt_ms, kill_and_count, median, ms, nix_args, nix_builder, run,
-    shell_builder, stop_and_count, wait_for_log, wait_for_process,
+    shell_builder, stop_and_count, wait_for_process,
 };
 use crate::{row, Plan, Row, HANG};
 
@@ -29,7 +29,7 @@ pub(crate) fn stop_rows(plan: &Plan) -> Vec<Row> {
         let drv = store.generation(&uuid).unwrap().drv_path;
         assert!(!drv.is_empty());
         builder.submit_build(&uuid).unwrap();
-        wait_for_log(&events, &format!("started-{n}"));
+        wait_for_log(&events, &format!("started-{n}"), HANG);
         let t = Instant::now();
         builder.stop();
         ours.push(ms(t.elapsed()));

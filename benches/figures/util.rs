@@ -6,8 +6,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Receiver;
-use genbuild::proto::{event, Event};
 use genbuild::{
     Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, NixExecutor, Store,
 };
@@ -159,18 +157,6 @@ pub(crate) fn nix_builder(repo: &Repo, env: &Env) -> (Builder, Arc<Store>) {
     config.build_timeout = HANG;
     let store = Arc::new(Store::new());
     (Builder::new(config, store.clone(), Arc::new(NixExecutor::new(env.options()))), store)
-}
-
-pub(crate) fn wait_for_log(events: &Receiver<Event>, text: &str) {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let event = events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
-        if let Some(event::Kind::LogLine(line)) = &event.kind {
-            if line.line.contains(text) {
-                return;
-            }
-        }
-    }
 }
 
 /// An executor whose jobs are one command each: `sh -c SCRIPT`, or `date +%s%N`

@@ -319,3 +319,16 @@ pub fn busy_process(marker: &str, program: &str) -> i32 {
         std::thread::yield_now();
     }
 }
+
+/// Waits (at most `bound`) until a log line containing `text` arrives on `events`.
+pub fn wait_for_log(events: &Receiver<proto::Event>, text: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let event = events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
+        if let Some(proto::event::Kind::LogLine(line)) = &event.kind {
+            if line.line.contains(text) {
+                return;
+            }
+        }
+    }
+}

@@ -324,16 +324,7 @@ impl Harness {
 
     /// Waits for a log line containing `text`.
     pub fn wait_for_log(&self, text: &str) {
-        let deadline = std::time::Instant::now() + NIX_HANG;
-        loop {
-            let event =
-                self.events.recv_deadline(deadline).unwrap_or_else(|_| panic!("no log line with {text:?}"));
-            if let Some(proto::event::Kind::LogLine(line)) = &event.kind {
-                if line.line.contains(text) {
-                    return;
-                }
-            }
-        }
+        super::wait_for_log(&self.events, text, NIX_HANG)
     }
 
     /// Every log line received so far, as text.
