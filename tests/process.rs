@@ -140,6 +140,31 @@ fn a_command_that_exits_while_a_setsid_grandchild_holds_its_pipes_ends_at_once()
     }
 }
 
+/// The command exits normally, leaving a member of its process group alive, whose child
+/// called `setsid` and let go of the pipes: "whatever it left running is killed", by the
+/// process tree too (the child is below a living member of the group).
+#[test]
+fn a_setsid_child_of_a_group_member_left_running_is_killed_when_the_command_exits() {
+    for containment in containments("setsid child of a group member") {
+        let n = nonce();
+        eprintln!("containment: {}", describe(&containment));
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("daemon-started");
+        let script = format!(
+            "( setsid sh -c 'echo $$ > \"$0\"; exec sleep 300.{n}' '{ready}' </dev/null >/dev/null 2>&1 & \
+             exec sleep 301.{n} </dev/null >/dev/null 2>&1 ) & \
+             until [ -s '{ready}' ]; do :; done; echo exiting; exit 0",
+            ready = ready.display()
+        );
+        let (mut job, lines) = shell_job(script, HANG, options(&containment, WaitStrategy::Pidfd));
+        job.start();
+        wait_line(&lines, "exiting");
+        job.wait();
+        assert_eq!(job.error(), None);
+        assert_none_left(&n, &describe(&containment));
+    }
+}
+
 #[test]
 fn the_command_runs_in_a_cgroup_of_its_own_which_is_removed_afterwards() {
     let Some(dir) = writable_cgroup() else {

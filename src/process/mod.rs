@@ -12,7 +12,8 @@
 //!   also those that called `setsid`, double-forked or were re-parented to init.
 //!   Elsewhere the command's process group and the descendants found by walking
 //!   `/proc` are what can be reached, listed *before* the first signal (a builder whose
-//!   parent died is re-parented and lost to a later walk).
+//!   parent died is re-parented and lost to a later walk), and again from every member
+//!   left in the group before the last.
 //! * **"Finished" is the command's exit**, never its pipes' EOF: whatever the command
 //!   left behind is killed as soon as it exits, then the pipes close. A holder of the
 //!   pipes that escaped every kill (not possible inside a cgroup) gets a short grace,
@@ -101,11 +102,11 @@ pub enum Containment {
     /// cannot be created or entered, the command fails without running.
     Cgroup(PathBuf),
     /// The command's process group, and the descendants found by walking `/proc` from
-    /// the command before each kill. Reaches every process that stays in the group
-    /// or below a living ancestor; a process that called `setsid` *and* whose parent
-    /// already died is out of reach, unless it still holds the command's stdout or
-    /// stderr, in which case it is found through that pipe and killed once the
-    /// command exited.
+    /// the command and from every living member of its group before each kill. Reaches
+    /// every process that stays in the group or below a living ancestor; a process
+    /// that called `setsid` *and* whose parent already died is out of reach, unless it
+    /// still holds the command's stdout or stderr, in which case it is found through
+    /// that pipe and killed once the command exited.
     ProcessTree,
 }
 

@@ -152,8 +152,9 @@ impl Supervisor<'_, '_> {
         self.pump(deadline_after(self.limits.grace), Phase::Terminating);
     }
 
-    /// SIGKILL to whatever is left: the cgroup, or the known tree and the group. The
-    /// leader is not reaped yet, so its group id is still ours.
+    /// SIGKILL to whatever is left: the cgroup, or the tree below the known processes and
+    /// the group's members, and the group. The leader is not reaped yet, so its group id
+    /// is still ours.
     fn kill_everything(&mut self) {
         let Some(pid) = self.child.as_ref().map(wait::pid_of) else { return };
         if let Some(cgroup) = &self.cgroup {
@@ -165,15 +166,17 @@ impl Supervisor<'_, '_> {
                 Err(e) => log::warn!("cannot kill cgroup {} ({e}): killing the tree", cgroup.dir().display()),
             }
         }
+        let leader = pid.as_raw_nonzero().get();
         let mut roots = self.known.clone();
         if !self.watch.exited() {
-            roots.insert(tree::proc_id(pid.as_raw_nonzero().get()));
+            roots.insert(tree::proc_id(leader));
         }
-        if !roots.is_empty() {
-            let found = tree::descendants(&roots);
-            self.known.extend(found);
-            tree::kill_all(&self.known);
-        }
+        // Whoever is still in the group (all there is once the leader exited normally,
+        // or born after the first walk): its `setsid` children are below it.
+        roots.extend(tree::group_members(leader));
+        let found = tree::descendants(&roots);
+        self.known.extend(found);
+        tree::kill_all(&self.known);
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
     }
 

@@ -1,10 +1,15 @@
 //! Containment without cgroups: the process tree in `/proc`.
 //!
 //! Nix builders call `setsid`, so a kill of the command's process group alone leaves
-//! them running; they are found by walking the tree down from the command. A process
-//! whose parent died is re-parented and lost to that walk, hence the walk *before* the
-//! first signal. Every process is identified by its pid and start time, so a pid
-//! recycled meanwhile is never signalled.
+//! them running; they are found by walking the tree down from the command, and from
+//! every process still in its group. A process whose parent died is re-parented and
+//! lost to that walk, hence the walk *before* the first signal.
+//!
+//! Every process is identified by its pid and start time, so that a pid recycled
+//! meanwhile is neither walked into nor signalled: a process's children are only taken
+//! if it still has its start time once they were read, and a signal goes through a
+//! pidfd opened before the start time is checked (the pidfd cannot move to another
+//! process, so the check holds when the signal is sent).
 //!
 //! One more way to find leftovers: a process that still holds the command's stdout or
 //! stderr once the command exited is a leftover of it, wherever it sits in the tree
@@ -12,7 +17,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use rustix::process::{Pid, Signal};
+use rustix::io::Errno;
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 /// A process: its pid and its start time (`None` once it is gone).
 pub(super) type ProcId = (i32, Option<u64>);
@@ -23,18 +29,36 @@ pub(super) fn proc_id(pid: i32) -> ProcId {
 }
 
 /// Every process below `roots` (not including them unless they are below another
-/// root), with its start time so that a recycled pid is never mistaken for it.
+/// root), with its start time so that a recycled pid is never mistaken for it. A root
+/// that is no longer the process it was (gone, or its pid recycled) has none.
 pub(super) fn descendants(roots: &HashSet<ProcId>) -> HashSet<ProcId> {
     walk(roots, has_children_lists())
+}
+
+/// The live processes (not zombies) of process group `pgid`.
+pub(super) fn group_members(pgid: i32) -> Vec<ProcId> {
+    all_pids()
+        .filter_map(|pid| {
+            let stat = stat(pid)?;
+            (stat.pgrp == pgid && !matches!(stat.state, 'Z' | 'X')).then_some((pid, Some(stat.started)))
+        })
+        .collect()
 }
 
 /// SIGKILL to each of `known` that is still the process it was.
 pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) {
     for &(pid, started) in known {
-        if started.is_some() && start_time(pid) == started {
-            if let Some(pid) = Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
+        let (Some(started), Some(raw)) = (started, Pid::from_raw(pid)) else { continue };
+        match pidfd_open(raw, PidfdFlags::empty()) {
+            // Whatever has the pid now is pinned; if it has the start time, it is ours.
+            Ok(pidfd) if start_time(pid) == Some(started) => {
+                let _ = pidfd_send_signal(&pidfd, Signal::KILL);
             }
+            // No pidfds (Linux before 5.3): the check, then the signal by pid.
+            Err(Errno::NOSYS) if start_time(pid) == Some(started) => {
+                let _ = rustix::process::kill_process(raw, Signal::KILL);
+            }
+            _ => {}
         }
     }
 }
@@ -45,8 +69,7 @@ pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) {
 pub(super) fn pipe_holders(inodes: &[u64]) -> Vec<ProcId> {
     let me = std::process::id() as i32;
     let names: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    all_pids()
         .filter(|&pid| pid != me)
         .filter(|pid| {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
@@ -61,12 +84,19 @@ pub(super) fn pipe_holders(inodes: &[u64]) -> Vec<ProcId> {
 
 fn walk(roots: &HashSet<ProcId>, children_lists: bool) -> HashSet<ProcId> {
     let mut found = HashSet::new();
-    let mut queue: VecDeque<i32> = roots.iter().map(|&(pid, _)| pid).collect();
+    let mut queue: VecDeque<ProcId> = roots.iter().copied().collect();
     // Without the kernel's children lists, one scan of /proc serves the whole walk.
     let table = if children_lists { Vec::new() } else { process_table() };
-    while let Some(parent) = queue.pop_front() {
+    while let Some((parent, started)) = queue.pop_front() {
+        let Some(started) = started else { continue };
         let children: Vec<ProcId> = if children_lists {
-            children_of(parent).into_iter().map(proc_id).collect()
+            children_of(parent)
+                .into_iter()
+                .filter_map(|pid| {
+                    let stat = stat(pid)?;
+                    (stat.ppid == parent).then_some((pid, Some(stat.started)))
+                })
+                .collect()
         } else {
             table
                 .iter()
@@ -74,9 +104,14 @@ fn walk(roots: &HashSet<ProcId>, children_lists: bool) -> HashSet<ProcId> {
                 .map(|&(pid, _, started)| (pid, Some(started)))
                 .collect()
         };
+        // Read after its children: if `parent` is still the process it was, they were
+        // its own; if its pid was recycled, they are a stranger's.
+        if start_time(parent) != Some(started) {
+            continue;
+        }
         for child in children {
-            if child.1.is_some() && found.insert(child) {
-                queue.push_back(child.0);
+            if found.insert(child) {
+                queue.push_back(child);
             }
         }
     }
@@ -103,29 +138,45 @@ fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The pid of every process, from /proc.
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+}
+
 /// `(pid, ppid, start time)` of every process, from /proc.
 fn process_table() -> Vec<(i32, i32, u64)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|entry| {
-        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let (ppid, started) = stat_fields(pid)?;
-        Some((pid, ppid, started))
-    })
-    .collect()
+    all_pids().filter_map(|pid| stat(pid).map(|stat| (pid, stat.ppid, stat.started))).collect()
 }
 
 fn start_time(pid: i32) -> Option<u64> {
-    stat_fields(pid).map(|(_, started)| started)
+    stat(pid).map(|stat| stat.started)
 }
 
-/// `(ppid, starttime)` from `/proc/PID/stat`; the command name may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn stat_fields(pid: i32) -> Option<(i32, u64)> {
+/// What the tree walk needs of `/proc/PID/stat`.
+struct Stat {
+    state: char,
+    ppid: i32,
+    pgrp: i32,
+    /// In clock ticks since boot.
+    started: u64,
+}
+
+/// `/proc/PID/stat`; the command name may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn stat(pid: i32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): ppid is field 4, starttime field 22.
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    // rest starts at field 3 (state): ppid is field 4, pgrp 5, starttime 22.
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        started: fields.get(19)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -137,15 +188,18 @@ mod tests {
     #[test]
     fn stat_fields_survive_odd_command_names() {
         let me = std::process::id() as i32;
-        let (ppid, _) = stat_fields(me).expect("own stat");
-        assert_eq!(ppid, rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()));
+        let stat = stat(me).expect("own stat");
+        assert_eq!(stat.ppid, rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()));
+        let pgrp = rustix::process::getpgrp().as_raw_nonzero().get();
+        assert_eq!(stat.pgrp, pgrp);
+        assert!("RS".contains(stat.state), "{}", stat.state);
     }
 
     #[test]
     fn both_tree_walks_find_the_same_descendants() {
         let mut child =
             Command::new("sh").args(["-c", "sleep 30 & (sleep 30 & wait) & wait"]).spawn().unwrap();
-        let root: HashSet<ProcId> = [(child.id() as i32, None)].into();
+        let root: HashSet<ProcId> = [proc_id(child.id() as i32)].into();
         let deadline = Instant::now() + Duration::from_secs(10);
         let found = loop {
             let found = walk(&root, false);
@@ -160,6 +214,68 @@ mod tests {
         kill_all(&found);
         let _ = child.kill();
         child.wait().unwrap();
+    }
+
+    /// A root whose pid now belongs to another process (its start time differs) is not
+    /// walked into: that process's children are a stranger's, never to be killed.
+    #[test]
+    fn a_root_whose_pid_was_recycled_is_not_walked_into() {
+        let mut stranger = Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let pid = stranger.id() as i32;
+        let real = proc_id(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while walk(&[real].into(), false).is_empty() {
+            assert!(Instant::now() < deadline, "sh never started its sleep");
+            std::thread::yield_now();
+        }
+        // The process once known under this pid started earlier: it is gone, the pid reused.
+        let recycled: HashSet<ProcId> = [(pid, real.1.map(|t| t.saturating_sub(100)))].into();
+        let found = [walk(&recycled, false), walk(&recycled, true), descendants(&recycled)];
+        let below = walk(&[real].into(), false);
+        kill_all(&below);
+        let _ = stranger.kill();
+        stranger.wait().unwrap();
+        assert_eq!(below.len(), 1, "{below:?}");
+        for found in found {
+            assert!(found.is_empty(), "children of a stranger found through a recycled pid: {found:?}");
+        }
+    }
+
+    /// Processes known by a start time they no longer have are not signalled.
+    #[test]
+    fn kill_all_spares_a_pid_whose_start_time_differs() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let (pid, started) = proc_id(child.id() as i32);
+        kill_all(&[(pid, started.map(|t| t + 1)), (pid, None)]);
+        let alive = child.try_wait().unwrap().is_none();
+        kill_all(&[(pid, started)]);
+        let status = child.wait().unwrap();
+        assert!(alive, "a process known by another start time was killed");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    }
+
+    #[test]
+    fn group_members_are_the_live_processes_of_the_group() {
+        use std::os::unix::process::CommandExt;
+        let mut leader =
+            Command::new("sh").args(["-c", "sleep 30 & sleep 30 & wait"]).process_group(0).spawn().unwrap();
+        let pgid = leader.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while group_members(pgid).len() < 3 {
+            assert!(Instant::now() < deadline, "{:?}", group_members(pgid));
+            std::thread::yield_now();
+        }
+        let members = group_members(pgid);
+        let _ = rustix::process::kill_process_group(Pid::from_raw(pgid).unwrap(), Signal::KILL);
+        leader.wait().unwrap();
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert!(members.iter().any(|m| m.0 == pgid), "the leader is a member: {members:?}");
+        // The leader reaped, its group is empty (its sleeps die with the group kill).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !group_members(pgid).is_empty() {
+            assert!(Instant::now() < deadline, "{:?}", group_members(pgid));
+            std::thread::yield_now();
+        }
     }
 
     #[test]
