@@ -35,6 +35,7 @@
 
 mod cgroup;
 mod pipes;
+mod poll;
 mod supervise;
 mod tree;
 mod wait;

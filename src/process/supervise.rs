@@ -8,10 +8,12 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
 use rustix::process::Signal;
 
 use super::cgroup::Cgroup;
 use super::pipes::{Output, Pipe, MAX_LINE};
+use super::poll::{poll_until, Polled};
 use super::tree::{self, ProcId};
 use super::wait::{self, ExitWatch, REAP_LIMIT};
 use super::{deadline_after, CommandOutput, Limits, Stream};
@@ -29,6 +31,20 @@ enum Cause {
     Exited,
     Cancelled,
     TimedOut,
+    /// `poll` failed: the command can no longer be watched, so it is stopped.
+    PollFailed(Errno),
+}
+
+impl Cause {
+    /// Why a [`Phase::Running`] pump returned.
+    fn of(woke: Woke) -> Cause {
+        match woke {
+            Woke::Exited => Cause::Exited,
+            Woke::Cancelled => Cause::Cancelled,
+            Woke::Deadline | Woke::PipesClosed => Cause::TimedOut,
+            Woke::PollFailed(e) => Cause::PollFailed(e),
+        }
+    }
 }
 
 /// What a [`Supervisor::pump`] waits for.
@@ -48,6 +64,7 @@ enum Woke {
     Cancelled,
     Deadline,
     PipesClosed,
+    PollFailed(Errno),
 }
 
 pub(super) fn supervise(
@@ -100,11 +117,7 @@ struct Supervisor<'o, 'l> {
 
 impl Supervisor<'_, '_> {
     fn run(mut self) -> Result<CommandOutput, JobError> {
-        let cause = match self.pump(Some(self.limits.deadline), Phase::Running) {
-            Woke::Exited => Cause::Exited,
-            Woke::Cancelled => Cause::Cancelled,
-            _ => Cause::TimedOut,
-        };
+        let cause = Cause::of(self.pump(Some(self.limits.deadline), Phase::Running));
         if cause != Cause::Exited {
             self.terminate();
         }
@@ -121,23 +134,9 @@ impl Supervisor<'_, '_> {
                 log::warn!("cannot remove the cgroup of `{}`: {e}", self.description);
             }
         }
-        let limits = self.limits;
         let description = std::mem::take(&mut self.description);
-        let (stdout, stderr_tail) = self.output.finish(&description);
-        match (cause, status) {
-            (Cause::Cancelled, _) => Err(limits.cancel.error()),
-            (Cause::TimedOut, _) => Err(JobError::TimedOut(limits.timeout)),
-            (Cause::Exited, Some(Ok(status))) if status.success() => {
-                Ok(CommandOutput { stdout, stderr_tail })
-            }
-            (Cause::Exited, Some(Ok(status))) => {
-                Err(JobError::Command(CommandFailure::new(description, exit_of(status), stderr_tail)))
-            }
-            (Cause::Exited, Some(Err(e))) => {
-                Err(JobError::Failed(format!("cannot reap `{description}`: {e}")))
-            }
-            (Cause::Exited, None) => unreachable!("an exited command is reaped at once"),
-        }
+        let output = self.output.finish(&description);
+        outcome(cause, status, description, output, self.limits)
     }
 
     /// Cancel or timeout: SIGTERM to the group, the grace, then SIGKILL to everything.
@@ -149,7 +148,9 @@ impl Supervisor<'_, '_> {
         }
         log::debug!("terminating `{}` (pid {pid})", self.description);
         let _ = rustix::process::kill_process_group(pid, Signal::TERM);
-        self.pump(deadline_after(self.limits.grace), Phase::Terminating);
+        if let Woke::PollFailed(e) = self.pump(deadline_after(self.limits.grace), Phase::Terminating) {
+            log::error!("cannot poll for the exit of `{}` ({e}): killing it now", self.description);
+        }
     }
 
     /// SIGKILL to whatever is left: the cgroup, or the tree below the known processes and
@@ -193,8 +194,12 @@ impl Supervisor<'_, '_> {
     /// Reads the pipes to their end; past [`PIPE_GRACE`], kills their holders and closes
     /// them.
     fn drain(&mut self) {
-        if self.pump(deadline_after(PIPE_GRACE), Phase::Draining) == Woke::PipesClosed {
-            return;
+        match self.pump(deadline_after(PIPE_GRACE), Phase::Draining) {
+            Woke::PipesClosed => return,
+            Woke::PollFailed(e) => {
+                log::error!("cannot poll the output of `{}` ({e}): closing it", self.description)
+            }
+            _ => {}
         }
         let inodes: Vec<u64> = self.pipes.iter().filter_map(Pipe::inode).collect();
         let holders = tree::pipe_holders(&inodes);
@@ -223,16 +228,14 @@ impl Supervisor<'_, '_> {
             if phase == Phase::Draining && self.pipes.is_empty() {
                 return Woke::PipesClosed;
             }
-            let mut left = match deadline {
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Woke::Deadline,
-                },
-                None => None,
-            };
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Woke::Deadline;
+            }
             let cancel_fd = cancel.wake().map(|w| w.fd()).filter(|_| phase == Phase::Running);
+            let mut wake_at = deadline;
             if phase == Phase::Running && cancel_fd.is_none() {
-                left = Some(left.map_or(CANCEL_CHECK, |l| l.min(CANCEL_CHECK)));
+                let check = Instant::now() + CANCEL_CHECK;
+                wake_at = Some(wake_at.map_or(check, |at| at.min(check)));
             }
             let mut fds: Vec<PollFd<'_>> =
                 self.pipes.iter().map(|p| PollFd::from_borrowed_fd(p.fd(), PollFlags::IN)).collect();
@@ -243,13 +246,11 @@ impl Supervisor<'_, '_> {
             if let Some(fd) = cancel_fd {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
-            match rustix::event::poll(&mut fds, left.map(wait::timespec).as_ref()) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("poll failed ({e}) while running `{}`", self.description);
-                    return Woke::Deadline;
-                }
+            match poll_until(&mut fds, wake_at) {
+                Ok(Polled::Ready) => {}
+                // The checks at the top of the loop say whether to go on.
+                Ok(Polled::Again | Polled::Passed) => continue,
+                Err(e) => return Woke::PollFailed(e),
             }
             let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
             drop(fds);
@@ -279,6 +280,30 @@ impl Drop for Supervisor<'_, '_> {
     }
 }
 
+/// What [`super::run`] returns for a command that ended for `cause` with `status`
+/// (`None`: not reaped), having printed `output` (stdout, stderr tail).
+fn outcome(
+    cause: Cause,
+    status: Option<std::io::Result<ExitStatus>>,
+    description: String,
+    (stdout, stderr_tail): (String, String),
+    limits: &Limits<'_>,
+) -> Result<CommandOutput, JobError> {
+    match (cause, status) {
+        (Cause::Cancelled, _) => Err(limits.cancel.error()),
+        (Cause::TimedOut, _) => Err(JobError::TimedOut(limits.timeout)),
+        (Cause::PollFailed(e), _) => Err(JobError::Failed(format!(
+            "cannot watch `{description}` any longer (poll failed: {e}); it was stopped"
+        ))),
+        (Cause::Exited, Some(Ok(status))) if status.success() => Ok(CommandOutput { stdout, stderr_tail }),
+        (Cause::Exited, Some(Ok(status))) => {
+            Err(JobError::Command(CommandFailure::new(description, exit_of(status), stderr_tail)))
+        }
+        (Cause::Exited, Some(Err(e))) => Err(JobError::Failed(format!("cannot reap `{description}`: {e}"))),
+        (Cause::Exited, None) => unreachable!("an exited command is reaped at once"),
+    }
+}
+
 fn exit_of(status: ExitStatus) -> Exit {
     match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Code(code),
@@ -298,5 +323,27 @@ mod tests {
             |status, tail| CommandFailure::new("false", exit_of(ExitStatus::from_raw(status)), tail);
         assert_eq!(failure(1 << 8, "oops\n").to_string(), "`false` exited with status 1:\noops");
         assert_eq!(failure(9, "").to_string(), "`false` killed by signal 9");
+    }
+
+    /// A `poll` that fails while the command runs stops it and says so: it is neither a
+    /// timeout nor the command's own failure.
+    #[test]
+    fn a_failed_poll_is_reported_not_taken_for_a_timeout() {
+        assert_eq!(Cause::of(Woke::PollFailed(Errno::INVAL)), Cause::PollFailed(Errno::INVAL));
+        assert_eq!(Cause::of(Woke::Deadline), Cause::TimedOut);
+        let cancel = super::super::CancelToken::new();
+        let options = super::super::ProcessOptions::default();
+        let limits = Limits {
+            timeout: Duration::MAX,
+            deadline: Instant::now(),
+            cancel: &cancel,
+            grace: Duration::ZERO,
+            options: &options,
+        };
+        let killed = Some(Ok(ExitStatus::from_raw(9)));
+        let result =
+            outcome(Cause::PollFailed(Errno::INVAL), killed, "sleep 30".into(), Default::default(), &limits);
+        let Err(JobError::Failed(message)) = result else { panic!("{result:?}") };
+        assert!(message.contains("`sleep 30`") && message.contains("poll failed"), "{message}");
     }
 }

@@ -25,6 +25,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::process::Pid;
 
 use super::cgroup::Cgroup;
+use super::poll::{poll_until, Polled};
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
 
@@ -82,20 +83,21 @@ impl ExitWatch {
     }
 
     /// Until the process exits or `limit` passes (`None`: no limit); whether it exited.
+    /// A `poll` that fails counts as "not exited": the caller hands the process to a
+    /// reaper, which blocks in `wait` instead.
     pub(super) fn wait_exit(&mut self, limit: Option<Duration>) -> bool {
         use rustix::event::{PollFd, PollFlags};
         let deadline = limit.and_then(deadline_after);
         while !self.exited() {
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(timespec(left)),
-                    _ => return false,
-                },
-                None => None,
-            };
             let mut fds = [PollFd::from_borrowed_fd(self.fd(), PollFlags::IN)];
-            if matches!(rustix::event::poll(&mut fds, timeout.as_ref()), Ok(n) if n > 0) {
-                self.set_exited();
+            match poll_until(&mut fds, deadline) {
+                Ok(Polled::Ready) => self.set_exited(),
+                Ok(Polled::Again) => {}
+                Ok(Polled::Passed) => return false,
+                Err(e) => {
+                    log::error!("cannot poll for a command's exit ({e})");
+                    return false;
+                }
             }
         }
         true
@@ -143,12 +145,9 @@ pub(super) fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
 }
 
-/// A `poll` timeout; durations past what the kernel takes saturate.
+/// A `poll` timeout, at most what every platform's `poll` takes.
 pub(super) fn timespec(d: Duration) -> rustix::event::Timespec {
-    rustix::event::Timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64 / 2) as i64,
-        tv_nsec: d.subsec_nanos() as _,
-    }
+    super::poll::timeout(d)
 }
 
 #[cfg(test)]
