@@ -4,11 +4,14 @@
 //! The cgroup is created before the spawn and entered by the child itself, between
 //! `fork` and `exec` (it writes "0" to a `cgroup.procs` opened beforehand), so not even
 //! the command's first instruction runs outside it. Killing writes "1" to `cgroup.kill`
-//! (Linux ≥ 5.14), or, on older kernels, freezes the cgroup, SIGKILLs every pid listed
-//! in it and thaws it. The cgroup is empty when `cgroup.events` says `populated 0`
-//! (awaited with `poll`, which the kernel wakes on every change of that file); then it
-//! is removed. A cgroup that could not be set up completely is removed on the spot:
-//! nothing is left behind by a failure half-way.
+//! (Linux ≥ 5.14), or, on older kernels, freezes the cgroup (`cgroup.freeze`, Linux ≥
+//! 5.2), SIGKILLs every pid listed in it and thaws it. Kernels 4.5 to 5.1 have cgroup v2
+//! but neither file: a cgroup there cannot kill a `setsid` daemon, so it is not used
+//! (under [`Containment::Auto`], such commands are contained by their process tree).
+//! The cgroup is empty when `cgroup.events` says `populated 0` (awaited with `poll`,
+//! which the kernel wakes on every change of that file); then it is removed. A cgroup
+//! that could not be set up completely is removed on the spot: nothing is left behind by
+//! a failure half-way.
 //!
 //! [`Containment::Auto`] uses a child of this process's own cgroup, found from
 //! `/proc/self/mountinfo` (where cgroup2 is mounted: `/sys/fs/cgroup` on unified hosts,
@@ -18,12 +21,13 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use super::poll::{poll_until, Polled};
 use super::{deadline_after, Containment};
 
 /// A command's own cgroup, from its creation to its removal.
@@ -34,6 +38,7 @@ pub(super) struct Cgroup {
     /// Its `cgroup.events`, for `populated`.
     events: OwnedFd,
     entry: Entry,
+    /// Removed, or deliberately left in place: nothing for the drop to do.
     removed: bool,
 }
 
@@ -62,8 +67,9 @@ impl Entry {
 
 impl Cgroup {
     /// The cgroup `containment` asks for: `None` for the process tree (also when
-    /// [`Containment::Auto`] finds no writable cgroup v2), an error when
-    /// [`Containment::Cgroup`]'s directory does not take a child.
+    /// [`Containment::Auto`] finds no writable cgroup v2, or one that cannot kill), an
+    /// error when [`Containment::Cgroup`]'s directory does not take a child or its
+    /// cgroups cannot kill.
     pub(super) fn for_command(containment: &Containment) -> Result<Option<Cgroup>, String> {
         match containment {
             Containment::ProcessTree => Ok(None),
@@ -71,6 +77,13 @@ impl Cgroup {
                 let Some(parent) = auto_parent() else { return Ok(None) };
                 match Cgroup::create(parent) {
                     Ok(cgroup) => Ok(Some(cgroup)),
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        static LOGGED: AtomicBool = AtomicBool::new(false);
+                        if !LOGGED.swap(true, Ordering::Relaxed) {
+                            log::debug!("cgroups under {} {e}: commands are contained by their process tree", parent.display());
+                        }
+                        Ok(None)
+                    }
                     Err(e) => {
                         log::debug!("cannot create a cgroup under {} ({e}): process tree", parent.display());
                         Ok(None)
@@ -78,16 +91,25 @@ impl Cgroup {
                 }
             }
             Containment::Cgroup(parent) => Cgroup::create(parent).map(Some).map_err(|e| {
-                format!(
-                    "cannot create a cgroup for the command under {} ({e}); it must be a writable \
-                     cgroup v2 directory (or use Containment::Auto, which falls back to the process tree)",
-                    parent.display()
-                )
+                if e.kind() == io::ErrorKind::Unsupported {
+                    format!(
+                        "Containment::Cgroup({}): its cgroups {e}; use Containment::Auto or \
+                         Containment::ProcessTree, which contain commands by their process tree on this kernel",
+                        parent.display()
+                    )
+                } else {
+                    format!(
+                        "cannot create a cgroup for the command under {} ({e}); it must be a writable \
+                         cgroup v2 directory (or use Containment::Auto, which falls back to the process tree)",
+                        parent.display()
+                    )
+                }
             }),
         }
     }
 
-    /// A new child cgroup of `parent`, named after this process and a counter.
+    /// A new child cgroup of `parent`, named after this process and a counter. An error
+    /// of kind `Unsupported` when the kernel gives it no way to kill all its processes.
     pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut attempts = 0;
@@ -106,7 +128,15 @@ impl Cgroup {
             let events = fs::File::open(dir.join("cgroup.events"))?;
             Ok((procs.into(), events.into()))
         };
-        match open() {
+        let opened = open().and_then(|files| match can_kill(&dir) {
+            true => Ok(files),
+            false => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "cannot kill their processes: this kernel has neither cgroup.kill (Linux 5.14) \
+                 nor cgroup.freeze (Linux 5.2)",
+            )),
+        });
+        match opened {
             Ok((procs, events)) => {
                 let entry = Entry(Arc::new(AtomicI32::new(procs.as_raw_fd())));
                 Ok(Cgroup { dir, procs: Some(procs), events, entry, removed: false })
@@ -136,7 +166,7 @@ impl Cgroup {
     /// SIGKILL to every process in the cgroup and below; returns at once (see
     /// [`wait_empty`](Cgroup::wait_empty)).
     pub(super) fn kill(&self) -> io::Result<()> {
-        match fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.kill")) {
+        match fs::OpenOptions::new().write(true).open(newer_file(&self.dir, "cgroup.kill")) {
             Ok(mut kill) => kill.write_all(b"1"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.freeze_and_kill(),
             Err(e) => Err(e),
@@ -146,14 +176,15 @@ impl Cgroup {
     /// Kernels before 5.14 have no `cgroup.kill`: a frozen cgroup cannot fork, so its
     /// list of pids is complete; SIGKILL reaches frozen tasks in cgroup v2.
     pub(super) fn freeze_and_kill(&self) -> io::Result<()> {
-        fs::write(self.dir.join("cgroup.freeze"), "1")?;
-        self.wait_for("frozen 1", Some(Duration::from_secs(1)));
+        let freeze = newer_file(&self.dir, "cgroup.freeze");
+        fs::write(&freeze, "1")?;
+        self.wait_for("frozen 1", Duration::from_secs(1));
         for pid in pids_below(&self.dir) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
-        fs::write(self.dir.join("cgroup.freeze"), "0")
+        fs::write(&freeze, "0")
     }
 
     /// Whether no process is left in the cgroup or below it.
@@ -161,57 +192,62 @@ impl Cgroup {
         self.says("populated 0")
     }
 
-    /// Until the cgroup is empty, or `limit` passed (`None`: no limit); whether it is.
+    /// Until the cgroup is empty, or `limit` passed; whether it is.
     ///
     /// The kernel notifies changes of `cgroup.events` at most every 10 ms, so the
-    /// processes listed in the cgroup are awaited through pidfds first (a process leaves
-    /// its cgroup before its pidfd becomes readable); the notification only covers what
-    /// that misses (no pidfds, or a process that was not listed yet).
-    pub(super) fn wait_empty(&self, limit: Option<Duration>) -> bool {
-        let deadline = limit.and_then(deadline_after);
+    /// processes listed in the cgroup are also awaited through pidfds (a process leaves
+    /// its cgroup before its pidfd becomes readable): the wait ends as soon as either
+    /// says so. `populated 0` is what counts: a listed pid recycled before its pidfd was
+    /// opened names a stranger, whose pidfd is then simply never awaited to the end.
+    pub(super) fn wait_empty(&self, limit: Duration) -> bool {
+        use rustix::process::{pidfd_open, Pid, PidfdFlags};
         let pidfds: Vec<OwnedFd> = pids_below(&self.dir)
             .into_iter()
-            .filter_map(rustix::process::Pid::from_raw)
-            .filter_map(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+            .filter_map(Pid::from_raw)
+            .filter_map(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
             .collect();
+        self.wait_empty_watching(&pidfds, limit)
+    }
+
+    /// [`wait_empty`](Cgroup::wait_empty), with the pidfds of what was listed.
+    fn wait_empty_watching(&self, pidfds: &[OwnedFd], limit: Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let deadline = deadline_after(limit);
         let mut waiting: Vec<&OwnedFd> = pidfds.iter().collect();
-        while !waiting.is_empty() {
-            use rustix::event::{PollFd, PollFlags};
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(super::wait::timespec(left)),
-                    _ => return self.is_empty(),
-                },
-                None => None,
-            };
-            let mut fds: Vec<PollFd<'_>> = waiting.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
-            if rustix::event::poll(&mut fds, timeout.as_ref()).is_err() {
-                break;
+        loop {
+            // Reading `cgroup.events` also re-arms its notification.
+            if self.is_empty() {
+                return true;
             }
-            let exited: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            let mut fds = vec![PollFd::new(&self.events, PollFlags::PRI)];
+            fds.extend(waiting.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)));
+            match poll_until(&mut fds, deadline) {
+                Ok(Polled::Ready) => {}
+                Ok(Polled::Again) => continue,
+                Ok(Polled::Passed) => return self.is_empty(),
+                Err(e) => {
+                    log::error!("cannot poll cgroup {} ({e})", self.dir.display());
+                    return self.is_empty();
+                }
+            }
+            let exited: Vec<bool> = fds[1..].iter().map(|fd| !fd.revents().is_empty()).collect();
             let mut exited = exited.into_iter();
             waiting.retain(|_| !exited.next().unwrap_or(false));
         }
-        // `None` here also stands for a limit too large to have a deadline: no limit.
-        self.wait_for("populated 0", deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())))
     }
 
-    fn wait_for(&self, line: &str, limit: Option<Duration>) -> bool {
+    fn wait_for(&self, line: &str, limit: Duration) -> bool {
         use rustix::event::{PollFd, PollFlags};
-        let deadline = limit.and_then(deadline_after);
+        let deadline = deadline_after(limit);
         loop {
             if self.says(line) {
                 return true;
             }
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(super::wait::timespec(left)),
-                    _ => return false,
-                },
-                None => None,
-            };
             let mut fds = [PollFd::new(&self.events, PollFlags::PRI)];
-            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            match poll_until(&mut fds, deadline) {
+                Ok(Polled::Ready | Polled::Again) => {}
+                Ok(Polled::Passed) | Err(_) => return self.says(line),
+            }
         }
     }
 
@@ -231,6 +267,11 @@ impl Cgroup {
         self.removed = true;
         remove_tree(&self.dir)
     }
+
+    /// Gives up on the cgroup: it stays, with whatever is in it.
+    pub(super) fn leave(mut self) {
+        self.removed = true;
+    }
 }
 
 impl Drop for Cgroup {
@@ -241,8 +282,11 @@ impl Drop for Cgroup {
             return;
         }
         if !self.is_empty() {
-            let _ = self.kill();
-            if !self.wait_empty(Some(super::wait::REAP_LIMIT)) {
+            if let Err(e) = self.kill() {
+                log::warn!("cannot kill the processes of cgroup {} ({e}); left in place", self.dir.display());
+                return;
+            }
+            if !self.wait_empty(super::wait::REAP_LIMIT) {
                 log::warn!("cgroup {} is still populated after SIGKILL; left in place", self.dir.display());
                 return;
             }
@@ -273,6 +317,23 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
             fs::remove_dir(dir)
         }
     }
+}
+
+/// Whether the kernel can kill every process of the cgroup `dir`: with `cgroup.kill`
+/// (Linux 5.14), or by freezing it (`cgroup.freeze`, Linux 5.2) and killing what it
+/// lists.
+fn can_kill(dir: &Path) -> bool {
+    ["cgroup.kill", "cgroup.freeze"].iter().any(|name| newer_file(dir, name).exists())
+}
+
+/// `dir`'s `name`, a file that older kernels lack; in unit tests, missing where the
+/// test pretends to run on Linux 4.5 to 5.1.
+fn newer_file(dir: &Path, name: &str) -> PathBuf {
+    #[cfg(test)]
+    if tests::PRETEND_LINUX_5_1.with(std::cell::Cell::get) {
+        return dir.join(format!("{name}.missing-before-linux-5.2"));
+    }
+    dir.join(name)
 }
 
 /// Every pid in `dir`'s `cgroup.procs` and in those of the cgroups below it.
@@ -356,6 +417,173 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
+    thread_local! {
+        /// Set: cgroups created and killed on this thread behave as on Linux 4.5 to 5.1,
+        /// which have neither `cgroup.kill` nor `cgroup.freeze`.
+        pub(super) static PRETEND_LINUX_5_1: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// `program args` started inside a fresh cgroup under this process's own; `None`,
+    /// and why, where there is none to create.
+    fn spawned_in_a_cgroup(program: &str, args: &[&str]) -> Option<(Cgroup, std::process::Child)> {
+        use std::os::unix::process::CommandExt;
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no writable cgroup v2 here");
+            return None;
+        };
+        let mut cgroup = match Cgroup::create(parent) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                eprintln!("skipped: cannot create a cgroup under {} ({e})", parent.display());
+                return None;
+            }
+        };
+        let entry = cgroup.entry();
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        // SAFETY: as in `super::super::spawn`.
+        unsafe { cmd.pre_exec(move || entry.enter()) };
+        let child = cmd.spawn().unwrap();
+        cgroup.spawned();
+        Some((cgroup, child))
+    }
+
+    /// Live processes whose command line holds `marker`.
+    fn alive_with(marker: &str) -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie =
+                    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
+            })
+            .collect()
+    }
+
+    /// The cgroups of this process under `parent`.
+    fn ours(parent: &Path) -> Vec<PathBuf> {
+        let prefix = format!("genbuild-{}-", std::process::id());
+        fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Linux 4.5 to 5.1 (simulated): a cgroup cannot kill a `setsid` process that
+    /// ignores SIGTERM, so `Auto` does not use one; the command runs contained by its
+    /// process tree, which kills the daemon, and no cgroup is left.
+    #[test]
+    fn without_cgroup_kill_or_freeze_auto_contains_the_command_by_its_process_tree() {
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no cgroup v2 here");
+            return;
+        };
+        if Cgroup::create(parent).map(Cgroup::remove).is_err() {
+            eprintln!("skipped: cannot create a cgroup under {}", parent.display());
+            return;
+        }
+        PRETEND_LINUX_5_1.with(|p| p.set(true));
+        let nonce = format!("{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "setsid sh -c 'trap \"\" TERM; exec sleep 300.{nonce}' & cat /proc/self/cgroup; echo started; exec sleep 301.{nonce}"
+        ));
+        let cancel = super::super::CancelToken::new();
+        let options = super::super::ProcessOptions::default();
+        let limits = super::super::Limits {
+            timeout: Duration::from_secs(60),
+            deadline: std::time::Instant::now() + Duration::from_secs(60),
+            cancel: &cancel,
+            grace: Duration::from_millis(100),
+            options: &options,
+        };
+        let mut lines = Vec::new();
+        let result = super::super::run(cmd, &limits, &mut |_, line| {
+            lines.push(line.to_string());
+            if line == "started" {
+                // The daemon is started (`setsid` runs before `cat`) unless it is slow:
+                // wait for it, then cancel.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while alive_with(&format!("300.{nonce}")).is_empty() {
+                    assert!(std::time::Instant::now() < deadline, "the daemon never started");
+                    std::thread::yield_now();
+                }
+                cancel.cancel(None);
+            }
+        });
+        PRETEND_LINUX_5_1.with(|p| p.set(false));
+        let left = alive_with(&nonce);
+        for &pid in &left {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        assert_eq!(result, Err(crate::error::JobError::Cancelled(None)));
+        let cgroup_line =
+            lines.iter().find(|l| l.starts_with("0::")).expect("the command printed its cgroup");
+        assert!(
+            !cgroup_line.contains("genbuild-"),
+            "the command ran in a cgroup that cannot kill: {cgroup_line}"
+        );
+        assert!(left.is_empty(), "left alive: {left:?}");
+    }
+
+    /// Linux 4.5 to 5.1 (simulated): an explicit cgroup parent is refused with the
+    /// reason and what to use instead; the half-made cgroup is removed.
+    #[test]
+    fn without_cgroup_kill_or_freeze_an_explicit_cgroup_is_refused() {
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no cgroup v2 here");
+            return;
+        };
+        PRETEND_LINUX_5_1.with(|p| p.set(true));
+        let explicit = Cgroup::for_command(&Containment::Cgroup(parent.to_path_buf())).map(|c| c.is_some());
+        let auto = Cgroup::for_command(&Containment::Auto).map(|c| c.is_some());
+        PRETEND_LINUX_5_1.with(|p| p.set(false));
+        if explicit.as_ref().is_err_and(|e| !e.contains("cgroup.kill")) {
+            eprintln!("skipped: cannot create a cgroup under {}: {explicit:?}", parent.display());
+            return;
+        }
+        let message = explicit.unwrap_err();
+        for words in ["cgroup.kill (Linux 5.14)", "cgroup.freeze (Linux 5.2)", "Containment::ProcessTree"] {
+            assert!(message.contains(words), "{message}");
+        }
+        assert_eq!(auto, Ok(false));
+        // Other tests create cgroups of their own meanwhile; none of ours stays.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ours(parent).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "left: {:?}", ours(parent));
+            std::thread::yield_now();
+        }
+    }
+
+    /// A pidfd of a process outside the cgroup (a pid listed in it, recycled before
+    /// its pidfd was opened) does not hold up the wait: `populated 0` ends it.
+    #[test]
+    fn a_wait_for_an_empty_cgroup_ends_whatever_a_listed_pid_became() {
+        let Some((cgroup, mut inside)) = spawned_in_a_cgroup("sleep", &["30"]) else { return };
+        let mut stranger = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = rustix::process::Pid::from_raw(stranger.id() as i32).unwrap();
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+        cgroup.kill().unwrap();
+        let started = std::time::Instant::now();
+        let empty = cgroup.wait_empty_watching(&[pidfd], Duration::from_secs(20));
+        let took = started.elapsed();
+        let stranger_alive = stranger.try_wait().unwrap().is_none();
+        let _ = stranger.kill();
+        stranger.wait().unwrap();
+        inside.wait().unwrap();
+        assert!(empty && took < Duration::from_secs(10), "empty: {empty} after {took:?}");
+        assert!(stranger_alive);
+        cgroup.remove().unwrap();
+    }
+
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
@@ -367,22 +595,8 @@ mod tests {
     /// empties and is removed.
     #[test]
     fn freezing_and_killing_empties_a_cgroup() {
-        use std::os::unix::process::CommandExt;
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no writable cgroup v2 here");
-            return;
-        };
-        let Ok(mut cgroup) = Cgroup::create(parent) else {
-            eprintln!("skipped: cannot create a cgroup under {}", parent.display());
-            return;
-        };
-        let entry = cgroup.entry();
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", "setsid sh -c 'sleep 300 & exit 0' </dev/null >/dev/null 2>&1; exec sleep 300"]);
-        // SAFETY: as in `super::super::spawn`.
-        unsafe { cmd.pre_exec(move || entry.enter()) };
-        let mut child = cmd.spawn().unwrap();
-        cgroup.spawned();
+        let script = "setsid sh -c 'sleep 300 & exit 0' </dev/null >/dev/null 2>&1; exec sleep 300";
+        let Some((cgroup, mut child)) = spawned_in_a_cgroup("sh", &["-c", script]) else { return };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while pids_below(cgroup.dir()).len() < 2 {
             assert!(std::time::Instant::now() < deadline, "{:?}", pids_below(cgroup.dir()));
@@ -390,7 +604,7 @@ mod tests {
         }
         assert!(!cgroup.is_empty());
         cgroup.freeze_and_kill().unwrap();
-        assert!(cgroup.wait_empty(Some(Duration::from_secs(10))));
+        assert!(cgroup.wait_empty(Duration::from_secs(10)));
         assert_eq!(child.wait().unwrap().signal(), Some(9));
         let dir = cgroup.dir().to_path_buf();
         cgroup.remove().unwrap();

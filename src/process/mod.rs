@@ -90,8 +90,9 @@ pub enum Containment {
     /// [`Containment::Cgroup`] under this process's own cgroup where the cgroup v2
     /// hierarchy is mounted and writable (root, or a systemd service with
     /// `Delegate=yes`); found from `/proc/self/mountinfo` and `/proc/self/cgroup`.
-    /// [`Containment::ProcessTree`] elsewhere (macOS, containers without delegation),
-    /// and for any command whose cgroup cannot be created or entered.
+    /// [`Containment::ProcessTree`] elsewhere (macOS, containers without delegation,
+    /// Linux 4.5 to 5.1, whose cgroups can neither be killed nor frozen), and for any
+    /// command whose cgroup cannot be created or entered.
     #[default]
     Auto,
     /// A child cgroup of this cgroup v2 directory for every command, created before the
@@ -100,7 +101,9 @@ pub enum Containment {
     /// exits, is cancelled or times out, and that stop() returns only once the cgroup
     /// is empty and removed. The one way out is a process with the right to move itself
     /// to another cgroup (root writing to another `cgroup.procs`). If the child cgroup
-    /// cannot be created or entered, the command fails without running.
+    /// cannot be created or entered, or the kernel can neither kill it (`cgroup.kill`,
+    /// Linux 5.14) nor freeze it (`cgroup.freeze`, Linux 5.2), the command fails without
+    /// running.
     Cgroup(PathBuf),
     /// The command's process group, and the descendants found by walking `/proc` from
     /// the command and from every living member of its group before each kill. Reaches

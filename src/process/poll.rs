@@ -42,7 +42,7 @@ pub(super) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> R
 }
 
 /// `left` as a `poll` timeout, at most [`MAX_TIMEOUT`].
-pub(super) fn timeout(left: Duration) -> Timespec {
+fn timeout(left: Duration) -> Timespec {
     let left = left.min(MAX_TIMEOUT);
     Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ }
 }

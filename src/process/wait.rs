@@ -32,6 +32,8 @@ use super::{deadline_after, WaitStrategy};
 /// How long a killed process may take to exit before a reaper thread takes it over.
 /// Generous: a large process under load takes a while to release its memory.
 pub(crate) const REAP_LIMIT: Duration = Duration::from_secs(2);
+/// How long a reaper waits for a cgroup to empty before it kills it again.
+const REAPER_ROUND: Duration = Duration::from_secs(10);
 
 /// Observes a child's exit without reaping it.
 pub(super) enum ExitWatch {
@@ -128,11 +130,21 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
             let status = child.wait();
             log::warn!("`{description}` (pid {pid:?}) finally ended: {status:?}");
         }
+        // Ends once the cgroup is empty, or at once if it cannot be killed.
         if let Some(cgroup) = cgroup {
-            let _ = cgroup.kill();
-            cgroup.wait_empty(None);
-            if let Err(e) = cgroup.remove() {
-                log::warn!("cannot remove the cgroup of `{description}`: {e}");
+            loop {
+                if let Err(e) = cgroup.kill() {
+                    log::warn!("cannot kill the cgroup of `{description}` ({e}); left in place");
+                    cgroup.leave();
+                    break;
+                }
+                if cgroup.wait_empty(REAPER_ROUND) {
+                    if let Err(e) = cgroup.remove() {
+                        log::warn!("cannot remove the cgroup of `{description}`: {e}");
+                    }
+                    break;
+                }
+                // Still there after SIGKILL (uninterruptible sleep): kill again, wait again.
             }
         }
     });
@@ -143,11 +155,6 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
 
 pub(super) fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
-}
-
-/// A `poll` timeout, at most what every platform's `poll` takes.
-pub(super) fn timespec(d: Duration) -> rustix::event::Timespec {
-    super::poll::timeout(d)
 }
 
 #[cfg(test)]
