@@ -111,7 +111,8 @@ impl JobContext {
     /// [`JobError::TimedOut`] or [`JobError::Cancelled`]. When the command exits,
     /// whatever it left running is killed. A command that exits non-zero or by a signal
     /// gives [`JobError::Command`] naming the command, its status and the last lines of
-    /// its stderr.
+    /// its stderr. In a program that ignores SIGCHLD, no command is started: see
+    /// [`ProcessOptions`].
     pub fn run(&self, cmd: Command) -> Result<CommandOutput, JobError> {
         self.run_with(cmd, &mut |stream, line| self.log(stream, line))
     }

@@ -173,9 +173,25 @@
 //!   cancelled evaluation is never reused; a collected `.drv` means a real evaluation.
 //!   See [`Builder::eval`].
 //! * **Which calls block.** `eval`, `suspend` and `stop` wait for the running job when
-//!   they cancel it (a build's grace period at most, after SIGTERM). The others, and
-//!   the getters, take the state lock only, which is never held while a job runs
-//!   user code.
+//!   they cancel it; the other calls, and the getters, take the state lock only, which
+//!   is never held while a job runs user code. A cancelled command gets SIGTERM, then
+//!   SIGKILL if it is still there after the grace period
+//!   ([`ProcessOptions::kill_grace`], 5 s, for builds;
+//!   [`eval_kill_grace`](ProcessOptions::eval_kill_grace), 100 ms, for evaluations; a
+//!   grace of `Duration::MAX` never forces, and the wait lasts until the command ends).
+//!   On top of the grace come bounds that only processes SIGKILL cannot end at once
+//!   (uninterruptible sleep) reach, at which a reaper thread takes them over: 2 s for
+//!   the command to be reaped, 2 s for its cgroup to empty; then 200 ms at most for
+//!   pipes held by a process outside the command's reach, which is then killed. Work
+//!   of an executor that is not a command (Rust code between commands) is not
+//!   interrupted: the wait lasts until it checks [`JobContext::is_cancelled`] or runs
+//!   its next command, which then returns at once.
+//! * **SIGCHLD must not be ignored.** genbuild reaps its own commands, after killing
+//!   what they left behind. A program that sets SIGCHLD to `SIG_IGN` (as C daemons
+//!   often do) or uses `SA_NOCLDWAIT` lets the kernel reap them first: exit statuses
+//!   are lost and process group ids are no longer reserved. Where `SIG_IGN` can be seen
+//!   (Linux), commands are not started and fail with a [`JobError::Failed`] that says
+//!   so; see [`ProcessOptions`].
 //!
 //! # Layers, one direction
 //!

@@ -399,6 +399,58 @@ fn a_command_that_cannot_start_leaves_no_cgroup_behind() {
     }
 }
 
+/// Tells this test binary, started again by the SIGCHLD test, that it is the child
+/// that ignores SIGCHLD; the value is the directory where its command would leave a trace.
+const SIGCHLD_IGNORED_CHILD: &str = "GENBUILD_TEST_SIGCHLD_IGNORED";
+
+/// An embedding program that ignores SIGCHLD (`SIG_IGN`, common in C daemons) has its
+/// children reaped by the kernel: `run` refuses with the reason and what to do instead
+/// of losing the exit status, and starts nothing. The check runs in a child process of
+/// the test (this binary again), started by bash with SIGCHLD ignored, which `exec`
+/// keeps.
+#[test]
+fn a_program_that_ignores_sigchld_gets_a_clear_error_and_no_command_runs() {
+    const TEST: &str = "a_program_that_ignores_sigchld_gets_a_clear_error_and_no_command_runs";
+    if let Ok(dir) = std::env::var(SIGCHLD_IGNORED_CHILD) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let ignored = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap();
+        let bit = 1u64 << (rustix::process::Signal::CHILD.as_raw() - 1);
+        assert!(u64::from_str_radix(ignored.trim(), 16).unwrap() & bit != 0, "SigIgn: {ignored}");
+        let trace = PathBuf::from(dir).join("ran");
+        let script = format!("touch '{}'; exit 3", trace.display());
+        let mut job = Job::new(move |ctx: &JobContext| ctx.run(sh(&script)).map(drop), HANG);
+        job.start();
+        job.wait();
+        let Some(JobError::Failed(message)) = job.error() else { panic!("{:?}", job.error()) };
+        assert!(message.contains("ignores SIGCHLD") && message.contains("SIG_DFL"), "{message}");
+        assert!(!trace.exists(), "the command ran");
+        println!("refused: {message}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new("bash")
+        .args(["-c", "trap '' CHLD; exec \"$0\" \"$@\""])
+        .arg(&exe)
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SIGCHLD_IGNORED_CHILD, dir.path())
+        .output();
+    let out = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: no bash here to start a child with SIGCHLD ignored");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("refused: "),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("ran").exists());
+}
+
 /// Lines are handed to `on_line` on the job's own thread, in order, with `\r` ending
 /// one.
 #[test]

@@ -115,6 +115,19 @@ pub enum Containment {
 }
 
 /// Knobs of the subprocess protocol.
+///
+/// # SIGCHLD must not be ignored
+///
+/// Commands are reaped by the job that ran them, and only after whatever they left
+/// behind was killed (while the exited leader is a zombie, its process group id cannot
+/// be reused). An embedding program that sets SIGCHLD to `SIG_IGN` (common in C
+/// daemons), or installs a handler with `SA_NOCLDWAIT`, has its children reaped by the
+/// kernel the moment they exit: exit statuses are lost ("cannot reap …: No child
+/// processes") and the group id is no longer reserved. On Linux, `SIG_IGN` is seen
+/// (`/proc/self/status`) and a job's commands are then not started: they fail with
+/// [`JobError::Failed`] saying so. `SA_NOCLDWAIT` cannot be seen. A handler of the
+/// program's own is fine, as long as it does not reap children it did not start
+/// (`waitpid(-1, …)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProcessOptions {
@@ -220,6 +233,9 @@ pub(crate) fn run(
         return Err(JobError::TimedOut(limits.timeout));
     }
     let description = describe(&cmd);
+    if wait::sigchld_ignored() {
+        return Err(JobError::Failed(format!("cannot run `{description}`: {}", wait::SIGCHLD_IGNORED)));
+    }
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let (child, cgroup) = spawn(&mut cmd, &limits.options.containment, &description)?;
     supervise::supervise(child, cgroup, limits, on_line, description)

@@ -299,6 +299,12 @@ fn outcome(
         (Cause::Exited, Some(Ok(status))) => {
             Err(JobError::Command(CommandFailure::new(description, exit_of(status), stderr_tail)))
         }
+        (Cause::Exited, Some(Err(e))) if e.raw_os_error() == Some(Errno::CHILD.raw_os_error()) => {
+            Err(JobError::Failed(format!(
+                "cannot reap `{description}`: {e}; something reaps this process's children: SIGCHLD set to \
+                 SIG_IGN or a handler with SA_NOCLDWAIT, or a waitpid(-1) elsewhere in the program"
+            )))
+        }
         (Cause::Exited, Some(Err(e))) => Err(JobError::Failed(format!("cannot reap `{description}`: {e}"))),
         (Cause::Exited, None) => unreachable!("an exited command is reaped at once"),
     }

@@ -153,6 +153,27 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
     }
 }
 
+/// Why no command runs while this process ignores SIGCHLD.
+pub(super) const SIGCHLD_IGNORED: &str = "this process ignores SIGCHLD (SIG_IGN), so the kernel reaps \
+    its children the moment they exit: a command's exit status would be lost, and its process group id \
+    could be reused while its processes are being killed. Restore SIGCHLD's default disposition \
+    (SIG_DFL) before running commands; a handler of your own is fine unless it sets SA_NOCLDWAIT";
+
+/// Whether this process ignores SIGCHLD (`SIG_IGN`, as C daemons often set it), from
+/// the `SigIgn` mask of `/proc/self/status` (Linux; elsewhere this cannot be seen and
+/// is not checked). `SA_NOCLDWAIT` has the same effect and cannot be seen at all.
+pub(super) fn sigchld_ignored() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    ignores(&status, rustix::process::Signal::CHILD.as_raw())
+}
+
+/// Whether the `SigIgn` mask of a `/proc/PID/status` text has `signal` (numbered from 1).
+fn ignores(status: &str, signal: i32) -> bool {
+    let mask = status.lines().find_map(|line| line.strip_prefix("SigIgn:"));
+    let mask = mask.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    (1..=64).contains(&signal) && mask.is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
 pub(super) fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
 }
@@ -196,6 +217,19 @@ mod tests {
                 std::thread::yield_now();
             }
         }
+    }
+
+    #[test]
+    fn an_ignored_sigchld_is_read_from_the_sigign_mask() {
+        let status = "Name:\tagent\nSigPnd:\t0000000000000000\nSigIgn:\t0000000000011000\nSigCgt:\t0\n";
+        assert!(ignores(status, 17), "SIGCHLD is bit 16 on x86 and arm");
+        assert!(ignores(status, 13), "SIGPIPE");
+        assert!(!ignores(status, 15));
+        assert!(!ignores("SigIgn:\t0000000000000000\n", 17));
+        assert!(!ignores("no mask here", 17));
+        assert!(!ignores(status, 0) && !ignores(status, 65));
+        // The test harness leaves SIGCHLD alone.
+        assert!(!sigchld_ignored());
     }
 
     #[test]
