@@ -456,7 +456,7 @@ fn an_evaluation_is_reused_while_its_drv_is_valid_and_rooted_again() {
         let owner = format!("file-reuse-{n}");
         let reuse = |output: &EvalOutput| {
             let (executor, output) = (executor.clone(), output.clone());
-            in_job(&owner, move |ctx| executor.reuse_evaluation(&output, ctx))
+            in_job(&owner, move |ctx| executor.reuse_evaluation(&output, ctx)).expect("an answer")
         };
 
         assert!(reuse(&output), "{kind:?}: a valid drv is reused");
@@ -494,22 +494,24 @@ fn flakes_offer_a_reuse_key_and_legacy_only_when_asked() {
         hostname: hostname.into(),
         submodules: false,
     };
-    let flake = Kind::Flake.executor(env.options()).eval_reuse_key(&req("h")).expect("a flake key");
-    let again = Kind::Flake.executor(env.options()).eval_reuse_key(&req("h"));
+    // The key is asked in the evaluation job (`nix --version` runs as its command).
+    let key = |kind: Kind, options: genbuild::NixOptions, req: genbuild::EvalRequest| {
+        let executor = kind.executor(options);
+        in_job("file-key", move |ctx| executor.eval_reuse_key(&req, ctx))
+    };
+    let flake = key(Kind::Flake, env.options(), req("h")).expect("a flake key");
+    let again = key(Kind::Flake, env.options(), req("h"));
     assert_eq!(again.as_ref(), Some(&flake), "another executor, the same key");
-    assert_ne!(Kind::Flake.executor(env.options()).eval_reuse_key(&req("h2")), Some(flake.clone()));
-    assert_ne!(
-        Kind::Flake.executor(env.with("max-jobs", "3")).eval_reuse_key(&req("h")),
-        Some(flake.clone())
-    );
+    assert_ne!(key(Kind::Flake, env.options(), req("h2")), Some(flake.clone()));
+    assert_ne!(key(Kind::Flake, env.with("max-jobs", "3"), req("h")), Some(flake.clone()));
 
-    assert_eq!(Kind::Legacy.executor(env.options()).eval_reuse_key(&req("h")), None);
+    assert_eq!(key(Kind::Legacy, env.options(), req("h")), None);
     let mut options = env.options();
     options.reuse_legacy_evaluations = true;
-    let legacy = Kind::Legacy.executor(options).eval_reuse_key(&req("h")).expect("a legacy key when asked");
+    let legacy = key(Kind::Legacy, options, req("h")).expect("a legacy key when asked");
     assert_ne!(legacy, flake);
 
     let mut missing = req("h");
     missing.repository_path = repo.path().join("nope");
-    assert_eq!(Kind::Flake.executor(env.options()).eval_reuse_key(&missing), None);
+    assert_eq!(key(Kind::Flake, env.options(), missing), None);
 }

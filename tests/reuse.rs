@@ -29,8 +29,9 @@ struct Keyed {
     collected: Mutex<HashSet<String>>,
     /// Outputs in the store.
     built: Mutex<HashSet<String>>,
-    /// When set, `reuse_evaluation` runs `sleep` (with this nonce) until cancelled, then
-    /// finds the `.drv` valid: a cancel arrives while a reuse checks the store.
+    /// When set, `reuse_evaluation` runs `sleep` (with this nonce) until cancelled and
+    /// returns the job's error, as the Nix executors' check of the store does: a cancel
+    /// arrives while a reuse checks the store.
     reuse_until_cancelled: AtomicBool,
     nonce: String,
 }
@@ -75,16 +76,17 @@ impl Executor for Keyed {
         self.built.lock().contains(path)
     }
 
-    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
+    fn eval_reuse_key(&self, req: &EvalRequest, _: &JobContext) -> Option<String> {
         Some(format!("keyed-{}-{}", req.hostname, req.commit_id))
     }
 
-    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
+    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> Result<bool, JobError> {
         if self.reuse_until_cancelled.load(Ordering::SeqCst) {
             let cancelled = ctx.run(sh(&long_sleep(&self.nonce)));
             assert!(matches!(cancelled, Err(JobError::Cancelled(_))), "{cancelled:?}");
+            cancelled?;
         }
-        !self.collected.lock().contains(&output.drv_path)
+        Ok(!self.collected.lock().contains(&output.drv_path))
     }
 }
 
@@ -317,9 +319,12 @@ fn reuse_until_cancelled(h: &Harness) -> (genbuild::proto::Generation, String) {
     (first, uuid)
 }
 
+/// A reuse check the cancel interrupts did not answer: the evaluation it checked stays
+/// reusable (the check used to take the interruption for "no longer valid").
 #[test]
-fn stop_during_a_reuse_cancels_it_and_returns_once_it_ended() {
+fn a_stop_during_the_reuse_check_ends_it_and_keeps_the_reusable_evaluation() {
     let h = Harness::new();
+    let events = h.builder.subscribe();
     let (first, uuid) = reuse_until_cancelled(&h);
     assert!(h.builder.is_evaluating(), "a reuse is an evaluation job");
     h.builder.stop();
@@ -329,12 +334,23 @@ fn stop_during_a_reuse_cancels_it_and_returns_once_it_ended() {
     assert_eq!(
         (g.eval_status.as_str(), g.eval_err.as_str(), g.eval_reused_from.as_str()),
         (status::FAILED, "cancelled: stopped", ""),
-        "the cancel wins over a reuse that found its .drv valid meanwhile"
     );
+    assert_eq!(h.kept(), [key("c1")], "the cancelled check forgot the reusable evaluation");
+    let logged = log_lines(&events);
+    assert!(!logged.iter().any(|l| l.contains("no longer valid")), "{logged:?}");
     assert_eq!(recv(&h.builder.evaluation_done(), "evaluation_done"), uuid);
     // The entry is still good: the next evaluation reuses it.
     assert_eq!(h.eval("c1").eval_reused_from, first.uuid);
     assert_eq!(h.executor.evals(), 1);
+}
+
+/// The log lines received so far.
+fn log_lines(events: &crossbeam_channel::Receiver<genbuild::proto::Event>) -> Vec<String> {
+    let lines = events.try_iter().filter_map(|e| match e.kind {
+        Some(event::Kind::LogLine(l)) => Some(l.line),
+        _ => None,
+    });
+    lines.collect()
 }
 
 #[test]
@@ -347,6 +363,7 @@ fn an_eval_during_a_reuse_supersedes_it() {
     assert_eq!(g.eval_err, format!("cancelled: superseded by generation {newer}"));
     let done: Vec<String> = (0..2).map(|_| recv(&h.builder.evaluation_done(), "evaluation_done")).collect();
     assert_eq!(done, [uuid, newer]);
+    assert!(h.kept().contains(&key("c1")), "the superseded check forgot the reusable evaluation");
     assert_eq!(h.eval("c1").eval_reused_from, first.uuid);
 }
 

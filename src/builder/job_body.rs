@@ -41,7 +41,7 @@ impl Task {
         match self {
             Task::Eval(req) => {
                 executor.release_unused(&store.live_drv_paths(), ctx);
-                let key = executor.eval_reuse_key(req);
+                let key = executor.eval_reuse_key(req, ctx);
                 if let Some(key) = &key {
                     if let Some(reused) = reuse(executor, store, key, ctx)? {
                         return Ok(reused);
@@ -63,7 +63,9 @@ impl Task {
 
 /// The outcome of reusing the evaluation the store keeps under `key`, if there is one
 /// and the executor finds its `.drv` still valid (and roots it again for this job's
-/// owner). One whose `.drv` is gone is dropped from the store: the evaluation runs.
+/// owner). One whose `.drv` is gone is dropped from the store: the evaluation runs. A
+/// check that did not answer (cancelled, timed out, failed) ends the job with its
+/// error and keeps the entry.
 fn reuse(
     executor: &dyn Executor,
     store: &Store,
@@ -74,7 +76,7 @@ fn reuse(
     if ctx.is_cancelled() {
         return Err(JobError::Cancelled(None));
     }
-    if !executor.reuse_evaluation(&output, ctx) {
+    if !executor.reuse_evaluation(&output, ctx)? {
         store.forget_reusable_evaluation(key, &from);
         ctx.log(
             Stream::Stderr,

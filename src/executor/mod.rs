@@ -77,15 +77,18 @@ pub trait Executor: Send + Sync + 'static {
     /// evaluation is never reused). Two requests with the same key evaluate to the
     /// same derivation, so a successful evaluation may stand in for a later one with
     /// the same key (see [`reuse_evaluation`](Executor::reuse_evaluation)). `None`
-    /// by default.
+    /// by default. Called from the evaluation job, before
+    /// [`reuse_evaluation`](Executor::reuse_evaluation): a command it needs (the Nix
+    /// executors ask `nix --version` once) runs through `ctx`.
     ///
     /// The builder keeps results by this key alone, in its [`Store`](crate::Store),
     /// across restarts and whichever executor a later builder over that store has: the
     /// key must name the executor (its kind, its version) as well as the request, so
     /// that two executors that may evaluate differently never share one. The Nix
-    /// executors' keys are name-based UUIDs of all that.
-    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
-        let _ = req;
+    /// executors' keys are name-based UUIDs of all that, genbuild's own evaluation
+    /// expressions included.
+    fn eval_reuse_key(&self, req: &EvalRequest, ctx: &JobContext) -> Option<String> {
+        let _ = (req, ctx);
         None
     }
 
@@ -93,9 +96,15 @@ pub trait Executor: Send + Sync + 'static {
     /// [`eval_reuse_key`](Executor::eval_reuse_key)) can stand in for a new one: its
     /// derivation is still there, and is now protected for `ctx`'s
     /// [`gc_root_owner`](JobContext::gc_root_owner) as an evaluation would have
-    /// protected it. `false` by default.
-    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
+    /// protected it. `Ok(false)` by default.
+    ///
+    /// # Errors
+    /// Whatever kept the executor from answering: the job's cancel or timeout (a
+    /// command run through `ctx` returns them), a check that could not run. The
+    /// builder then ends the evaluation job with that error and keeps the earlier
+    /// evaluation for a later reuse; only `Ok(false)` makes it forget it.
+    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> Result<bool, JobError> {
         let _ = (output, ctx);
-        false
+        Ok(false)
     }
 }

@@ -110,12 +110,12 @@ impl Executor for FakeExecutor {
         path.ends_with("-valid")
     }
 
-    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
+    fn eval_reuse_key(&self, req: &EvalRequest, _: &JobContext) -> Option<String> {
         fake_reuse_key(&req.commit_id)
     }
 
-    fn reuse_evaluation(&self, output: &EvalOutput, _: &JobContext) -> bool {
-        self.drvs.of_drv(&output.drv_path)
+    fn reuse_evaluation(&self, output: &EvalOutput, _: &JobContext) -> Result<bool, JobError> {
+        Ok(self.drvs.of_drv(&output.drv_path))
     }
 }
 

@@ -58,7 +58,7 @@ impl FlakeExecutor {
 
 executor_over_core!(FlakeExecutor);
 
-fn expression() -> String {
+pub(super) fn expression() -> String {
     format!(
         r#"{{ f = {{ flakeRef, hostname, systemAttr, machineIdPath }}:
 let {NIX_HELPERS}

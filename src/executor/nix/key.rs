@@ -7,7 +7,8 @@
 //! are included, the machine-id attribute, every `--option` and environment variable
 //! of [`NixOptions`](super::NixOptions), the inherited environment that configures Nix
 //! (`NIX_*`, and `HOME` and `XDG_CONFIG_*`, which choose its user configuration file),
-//! the resolved Nix binary and its version. Not in it: the contents of Nix's
+//! the resolved Nix binary and its version, and genbuild's own evaluation expression
+//! (the front end's, with the helpers both share). Not in it: the contents of Nix's
 //! configuration files, and for legacy expressions whatever they read besides their
 //! commit (hence the opt-in of
 //! [`reuse_legacy_evaluations`](super::NixOptions::reuse_legacy_evaluations)).
@@ -16,31 +17,40 @@
 //! them (an environment variable may carry a secret, and the key is persisted), with
 //! the uuid crate genbuild already uses. Computing it
 //! reads the file system (the repository's and the binary's canonical paths) and, the
-//! first time for an executor that has not run Nix yet, runs `nix --version`.
+//! first time for an executor that has not run Nix yet, runs `nix --version` as a
+//! command of the job.
 
 use std::path::{Path, PathBuf};
 
-use super::{request, Core, Kind, NixOptions, NixVersion};
+use super::{flake, legacy, request, Core, Kind, NixOptions, NixVersion};
+use crate::job::JobContext;
 use crate::EvalRequest;
 
-/// Bumped whenever what goes into the key changes, so old keys never match.
-const FORMAT: &str = "genbuild-eval-key-1";
+/// Bumped whenever what goes into the key changes, and whenever genbuild changes how
+/// it prepares an evaluation besides its expression (the source, the flags), so old
+/// keys never match. 2: the expression is in the key; the legacy checkout has no
+/// `.git`.
+const FORMAT: &str = "genbuild-eval-key-2";
 
 /// The namespace of the keys' name-based UUIDs (a random UUID, fixed for ever).
 const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5f0d_6c1e_8a3b_4e27_9b52_7c4d_e1a0_3f68);
 
 /// The key of `req` evaluated by `core`, `None` when an input cannot be pinned down
 /// (the repository or Nix cannot be found, the request is invalid).
-pub(super) fn eval_reuse_key(core: &Core, req: &EvalRequest) -> Option<String> {
+pub(super) fn eval_reuse_key(core: &Core, req: &EvalRequest, ctx: &JobContext) -> Option<String> {
     let repository = std::fs::canonicalize(&req.repository_path).ok()?;
     let program = resolve_program(core, program_of(core.kind))?;
-    let version = core.version_now().ok()?;
+    let version = core.version(ctx).ok()?;
     let inherited: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| configures_nix(k))
         .collect();
     let nix = Nix { options: &core.options, inherited, program, version };
-    key(core.kind, req, &repository, &nix)
+    let expression = match core.kind {
+        Kind::Legacy => legacy::expression(),
+        Kind::Flake => flake::expression(),
+    };
+    key(core.kind, req, &repository, &nix, &expression)
 }
 
 /// What identifies the Nix that evaluates.
@@ -83,7 +93,9 @@ fn resolve_program(core: &Core, program: &str) -> Option<PathBuf> {
     })
 }
 
-fn key(kind: Kind, req: &EvalRequest, repository: &Path, nix: &Nix<'_>) -> Option<String> {
+/// The key of `req`, evaluated by `kind`'s `expression` (genbuild's own Nix code, which
+/// an upgrade of genbuild may change) with `nix`.
+fn key(kind: Kind, req: &EvalRequest, repository: &Path, nix: &Nix<'_>, expression: &str) -> Option<String> {
     let subdir = request::subdir(&req.repository_subdir).ok()?.join("/");
     let mut inherited = nix.inherited.clone();
     inherited.sort();
@@ -102,6 +114,7 @@ fn key(kind: Kind, req: &EvalRequest, repository: &Path, nix: &Nix<'_>) -> Optio
         "inheritedEnv": inherited,
         "program": nix.program.to_str()?,
         "version": nix.version.to_string(),
+        "expression": expression,
     });
     Some(uuid::Uuid::new_v5(&KEY_NAMESPACE, inputs.to_string().as_bytes()).simple().to_string())
 }
@@ -130,8 +143,10 @@ mod tests {
         }
     }
 
+    const EXPRESSION: &str = "{ path }: import path";
+
     fn key_of(kind: Kind, req: &EvalRequest, repository: &str, nix: &Nix<'_>) -> String {
-        key(kind, req, Path::new(repository), nix).expect("a key")
+        key(kind, req, Path::new(repository), nix, EXPRESSION).expect("a key")
     }
 
     #[test]
@@ -177,6 +192,18 @@ mod tests {
         }
     }
 
+    /// An upgrade of genbuild that changes its evaluation expression must not reuse
+    /// what the old one evaluated.
+    #[test]
+    fn a_change_of_genbuilds_own_expression_changes_the_key() {
+        let options = NixOptions::default();
+        let n = nix(&options);
+        let of = |expression: &str| key(Kind::Flake, &req(), Path::new("/srv/r"), &n, expression).unwrap();
+        assert_ne!(of(EXPRESSION), of("{ path }: (import path) // { }"));
+        assert_eq!(of(&flake::expression()), of(&flake::expression()));
+        assert_ne!(of(&flake::expression()), of(&legacy::expression()));
+    }
+
     #[test]
     fn spellings_of_the_same_input_share_a_key() {
         let options = NixOptions::default();
@@ -197,7 +224,7 @@ mod tests {
         let options = NixOptions::default();
         let mut r = req();
         r.repository_subdir = "../x".into();
-        assert_eq!(key(Kind::Flake, &r, Path::new("/srv/r"), &nix(&options)), None);
+        assert_eq!(key(Kind::Flake, &r, Path::new("/srv/r"), &nix(&options), EXPRESSION), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl NixExecutor {
 
 executor_over_core!(NixExecutor);
 
-fn expression() -> String {
+pub(super) fn expression() -> String {
     format!(
         r#"{{ path, hostname, systemAttr, machineIdPath }}:
 let {NIX_HELPERS}

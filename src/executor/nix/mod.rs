@@ -35,6 +35,7 @@ pub use flake::FlakeExecutor;
 pub use legacy::NixExecutor;
 pub use version::NixVersion;
 
+use crate::error::{CommandFailure, Exit};
 use crate::job::JobContext;
 use crate::process::{CommandOutput, Stream};
 use crate::{EvalOutput, EvalRequest, JobError};
@@ -136,7 +137,7 @@ struct Core {
 
 impl Core {
     fn new(kind: Kind, options: NixOptions) -> Core {
-        let roots = Roots::new(options.gc_root_dir.clone(), gcroots_dir(&options));
+        let roots = Roots::new(options.gc_root_dir.clone(), &state_dir(&options));
         Core { kind, options, version: OnceLock::new(), roots }
     }
 
@@ -200,20 +201,6 @@ impl Core {
         self.remember_version(&output.stdout)
     }
 
-    /// The Nix version without a job (for the reuse key): a quick `nix --version`.
-    fn version_now(&self) -> Result<NixVersion, JobError> {
-        if let Some(version) = self.version.get() {
-            return Ok(*version);
-        }
-        let output = self
-            .command("nix", ["--version"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| JobError::Failed(format!("cannot run `nix --version`: {e}")))?;
-        self.remember_version(&String::from_utf8_lossy(&output.stdout))
-    }
-
     fn remember_version(&self, stdout: &str) -> Result<NixVersion, JobError> {
         let version = NixVersion::parse(stdout).ok_or_else(|| {
             JobError::Failed(format!("cannot read the Nix version from `nix --version`: {stdout:?}"))
@@ -226,9 +213,9 @@ impl Core {
     /// under the job's owner before this returns.
     ///
     /// The evaluator's temporary root on the `.drv` ends with it, so a collection
-    /// between its exit and our root deletes the `.drv`. Once our root is in place a
-    /// `.drv` written again stays: a `.drv` found gone after rooting is evaluated once
-    /// more.
+    /// between its exit and our root deletes the `.drv`. Our root is made while no
+    /// collection runs ([`roots`]), so a `.drv` found valid after it is in place stays;
+    /// one found gone is evaluated once more.
     fn eval(&self, req: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError> {
         request::validate(req)?;
         let mut attempts = 0;
@@ -239,8 +226,8 @@ impl Core {
             if output.drv_path.is_empty() {
                 return Ok(output);
             }
-            self.roots.root_drv(ctx.gc_root_owner(), &output.drv_path)?;
-            if self.is_valid(&output.drv_path, ctx) {
+            self.roots.root_drv(ctx, &output.drv_path)?;
+            if self.is_valid(&output.drv_path, ctx)? {
                 return Ok(output);
             }
             let collected = format!("{} was garbage-collected right after its evaluation", output.drv_path);
@@ -297,62 +284,81 @@ impl Core {
     /// [`is_store_path_valid`](Core::is_store_path_valid) as a command of the job: a
     /// store that does not answer (a remote `store = ssh://…`) is cancelled and timed
     /// out with the job. Its answer ("path … is not valid") is no log line.
-    fn is_valid(&self, path: &str, ctx: &JobContext) -> bool {
+    ///
+    /// # Errors
+    /// The job's cancel or timeout, or a check that could not run or was killed: only
+    /// the check's non-zero exit means "not valid".
+    fn is_valid(&self, path: &str, ctx: &JobContext) -> Result<bool, JobError> {
         if path.is_empty() {
-            return false;
+            return Ok(false);
         }
         let cmd = self.command("nix-store", ["--check-validity", path]);
-        ctx.run_with(cmd, &mut |_, _| {}).is_ok()
+        match ctx.run_with(cmd, &mut |_, _| {}) {
+            Ok(_) => Ok(true),
+            Err(JobError::Command(CommandFailure { exit: Exit::Code(_), .. })) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Whether `output` is in the store; if so it gets the root a build would give it.
+    /// Whether `output` is in the store, then with the root a build would give it.
+    /// Rooted first, checked second (see [`roots`]); the root goes again when the
+    /// output is not there, or the check did not answer.
     fn is_built(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
-        if !self.is_valid(&output.out_path, ctx) {
+        if output.out_path.is_empty() {
             return false;
         }
-        if let Err(e) = self.roots.root_out(ctx.gc_root_owner(), &output.drv_path, &output.out_path) {
-            ::log::warn!("{e}; {} is built but not protected from garbage collection", output.out_path);
+        let owner = ctx.gc_root_owner();
+        if let Err(e) = self.roots.root_out(ctx, &output.drv_path, &output.out_path) {
+            ::log::warn!("{e}; {} is not taken for built", output.out_path);
+            self.roots.unroot_out(owner, &output.drv_path);
+            return false;
         }
-        true
+        match self.is_valid(&output.out_path, ctx) {
+            Ok(true) => true,
+            answer => {
+                if let Err(e) = answer {
+                    ::log::debug!("{e}; {} is not taken for built", output.out_path);
+                }
+                self.roots.unroot_out(owner, &output.drv_path);
+                false
+            }
+        }
     }
 
     fn release_unused(&self, live_drv_paths: &[String], ctx: &JobContext) {
         self.roots.release_unused(ctx.gc_root_owner(), live_drv_paths)
     }
 
-    fn eval_reuse_key(&self, req: &EvalRequest) -> Option<String> {
+    fn eval_reuse_key(&self, req: &EvalRequest, ctx: &JobContext) -> Option<String> {
         if self.kind == Kind::Legacy && !self.options.reuse_legacy_evaluations {
             return None;
         }
-        key::eval_reuse_key(self, req)
+        key::eval_reuse_key(self, req, ctx)
     }
 
     /// Whether an earlier evaluation's `.drv` is still in the store, rooted again under
-    /// the job's owner. Rooted first, checked second: a `.drv` found valid once our root
-    /// is in place cannot be collected any more (as in [`eval`](Core::eval)).
-    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> bool {
+    /// the job's owner. Rooted first (while no collection runs), checked second: a
+    /// `.drv` found valid then stays (as in [`eval`](Core::eval)).
+    fn reuse_evaluation(&self, output: &EvalOutput, ctx: &JobContext) -> Result<bool, JobError> {
         if roots::store_basename(&output.drv_path).is_err() {
-            return false;
+            return Ok(false);
         }
-        if let Err(e) = self.roots.root_drv(ctx.gc_root_owner(), &output.drv_path) {
-            ::log::warn!("{e}; the evaluation is not reused");
-            return false;
-        }
+        self.roots.root_drv(ctx, &output.drv_path)?;
         self.is_valid(&output.drv_path, ctx)
     }
 }
 
-/// Nix's `<state>/gcroots`, where roots outside it get registered.
-fn gcroots_dir(options: &NixOptions) -> PathBuf {
-    let state = options
+/// Nix's state directory (`NIX_STATE_DIR`, `/nix/var/nix` by default): its `gcroots/`
+/// is where roots outside it get registered, its `gc.lock` what a collection holds.
+fn state_dir(options: &NixOptions) -> PathBuf {
+    options
         .env
         .iter()
         .rev()
         .find(|(k, _)| k == "NIX_STATE_DIR")
         .map(|(_, v)| PathBuf::from(v))
         .or_else(|| std::env::var_os("NIX_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/nix/var/nix"));
-    state.join("gcroots")
+        .unwrap_or_else(|| PathBuf::from("/nix/var/nix"))
 }
 
 /// Implements [`Executor`](crate::Executor) for a front end by handing every call to
@@ -384,11 +390,15 @@ macro_rules! executor_over_core {
                 self.core.release_unused(live_drv_paths, ctx)
             }
 
-            fn eval_reuse_key(&self, req: &$crate::EvalRequest) -> Option<String> {
-                self.core.eval_reuse_key(req)
+            fn eval_reuse_key(&self, req: &$crate::EvalRequest, ctx: &$crate::JobContext) -> Option<String> {
+                self.core.eval_reuse_key(req, ctx)
             }
 
-            fn reuse_evaluation(&self, output: &$crate::EvalOutput, ctx: &$crate::JobContext) -> bool {
+            fn reuse_evaluation(
+                &self,
+                output: &$crate::EvalOutput,
+                ctx: &$crate::JobContext,
+            ) -> Result<bool, $crate::JobError> {
                 self.core.reuse_evaluation(output, ctx)
             }
         }

@@ -18,11 +18,25 @@
 //! `nix-store --add-root --indirect` does; under `gcroots/` (the default) Nix finds them
 //! by walking the directory.
 //!
+//! **A root and a running collection.** Nix's collector reads the roots once, early,
+//! while it holds `<state>/gc.lock` exclusively, and deletes afterwards: a root made
+//! after that scan protects nothing from that collection, even though the path is
+//! still valid when the root is made. So a root is made as Nix's own `addPermRoot`
+//! makes one: holding a *shared* `flock` on `gc.lock` (which waits while a collection
+//! runs; the wait ends with the job's cancel or deadline), and only once it is in
+//! place and the lock released is the path checked valid. A path found valid then
+//! stays: a collection that starts later finds the root. (Without access to
+//! `gc.lock`, for a user other than the store's owner, the root is made without the
+//! lock, with a warning.)
+//!
 //! Guarantees:
 //! * An executor creates and removes roots only in the directory of the owner it works
 //!   for, and [`release_unused`](Roots::release_unused) removes only that owner's roots
-//!   of derivations no longer live. Two builders (two executors or one shared executor)
-//!   over the same `gc_root_dir` thus never touch each other's roots.
+//!   of derivations no longer live. Two builders over different stores (two executors
+//!   or one shared executor) over the same `gc_root_dir` thus never touch each other's
+//!   roots. The owner is the store's id: one store has one builder at a time (see
+//!   [`Builder::new`](crate::Builder::new)); two live builders over one store would
+//!   release each other's roots.
 //! * A `file-*` owner (a store persisted to a file) keeps its roots across restarts:
 //!   the same file gives the same owner, whose builder releases them once its
 //!   generations are dropped. No one else ever removes them.
@@ -35,12 +49,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::fs::FlockOperation;
 
+use crate::job::JobContext;
+use crate::process::Stream;
 use crate::JobError;
 
 /// The lock file of an owner's directory; never a root (roots end in `.drv…`).
@@ -49,11 +68,18 @@ const LOCK: &str = ".lock";
 /// Owners whose directories are swept once nobody holds their lock.
 const SWEPT_PREFIX: &str = "memory-";
 
+/// The longest pause between two attempts at `gc.lock` while a collection runs.
+const GC_LOCK_POLL: Duration = Duration::from_millis(50);
+
 /// The gc roots of one executor, for every owner it works for.
 #[derive(Debug)]
 pub(crate) struct Roots {
     dir: PathBuf,
     gcroots: PathBuf,
+    /// Nix's `<state>/gc.lock`, held exclusively by a running collection.
+    gc_lock: PathBuf,
+    /// Whether the failure to use `gc_lock` was reported (once per executor).
+    gc_lock_warned: AtomicBool,
     held: Mutex<HashMap<String, Held>>,
 }
 
@@ -65,16 +91,24 @@ struct Held {
 }
 
 impl Roots {
-    /// Roots under `dir`, registered in `gcroots` (Nix's `<state>/gcroots`) when `dir`
-    /// is outside it.
-    pub(crate) fn new(dir: PathBuf, gcroots: PathBuf) -> Roots {
-        Roots { dir, gcroots, held: Mutex::new(HashMap::new()) }
+    /// Roots under `dir`, registered in `<state>/gcroots` when `dir` is outside it;
+    /// `state` is Nix's state directory (`/nix/var/nix`).
+    pub(crate) fn new(dir: PathBuf, state: &Path) -> Roots {
+        Roots {
+            dir,
+            gcroots: state.join("gcroots"),
+            gc_lock: state.join("gc.lock"),
+            gc_lock_warned: AtomicBool::new(false),
+            held: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Roots the `.drv` so that a garbage collection before the build keeps it.
-    pub(crate) fn root_drv(&self, owner: &str, drv_path: &str) -> Result<(), JobError> {
-        let root = self.owner_dir(owner)?.join(store_basename(drv_path)?);
-        self.link(Path::new(drv_path), &root)
+    /// Roots the `.drv` for `ctx`'s owner so that a garbage collection before the build
+    /// keeps it. Waits while a collection runs; the caller checks the `.drv` valid
+    /// afterwards (see the module documentation).
+    pub(crate) fn root_drv(&self, ctx: &JobContext, drv_path: &str) -> Result<(), JobError> {
+        let root = self.owner_dir(ctx.gc_root_owner())?.join(store_basename(drv_path)?);
+        self.link(ctx, Path::new(drv_path), &root)
     }
 
     /// Where the build of `drv_path` puts the root of its output (Nix adds `-N` for
@@ -83,10 +117,25 @@ impl Roots {
         Ok(self.owner_dir(owner)?.join(format!("{}.out", store_basename(drv_path)?)))
     }
 
-    /// Roots `out_path` as the build of `drv_path` would have.
-    pub(crate) fn root_out(&self, owner: &str, drv_path: &str, out_path: &str) -> Result<(), JobError> {
-        let root = self.out_root(owner, drv_path)?;
-        self.link(Path::new(out_path), &root)
+    /// Roots `out_path` for `ctx`'s owner as the build of `drv_path` would have. Waits
+    /// while a collection runs; the caller checks `out_path` valid afterwards.
+    pub(crate) fn root_out(&self, ctx: &JobContext, drv_path: &str, out_path: &str) -> Result<(), JobError> {
+        let root = self.out_root(ctx.gc_root_owner(), drv_path)?;
+        self.link(ctx, Path::new(out_path), &root)
+    }
+
+    /// Removes the root [`root_out`](Roots::root_out) made, once its path turned out
+    /// not to be valid.
+    pub(crate) fn unroot_out(&self, owner: &str, drv_path: &str) {
+        let Ok(root) = self.out_root(owner, drv_path) else { return };
+        if let Some(link) = self.auto_link(&root) {
+            let _ = std::fs::remove_file(link);
+        }
+        if let Err(e) = std::fs::remove_file(&root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("cannot remove the gc root {}: {e}", root.display());
+            }
+        }
     }
 
     /// Removes `owner`'s roots of every derivation not in `live_drv_paths`, then the
@@ -147,24 +196,84 @@ impl Roots {
         })
     }
 
-    /// Points `root` at `target` and makes it known to the collector.
-    fn link(&self, target: &Path, root: &Path) -> Result<(), JobError> {
+    /// Points `root` at `target` and makes it known to the collector, while no
+    /// collection runs.
+    fn link(&self, ctx: &JobContext, target: &Path, root: &Path) -> Result<(), JobError> {
+        let _no_collection = self.wait_for_collection(ctx, root)?;
         replace_symlink(target, root)
             .map_err(|e| JobError::Failed(format!("cannot create the gc root {}: {e}", root.display())))?;
         self.register_indirect(root)
     }
 
+    /// A shared lock on `gc.lock`, once no collection holds it; `None` when the lock
+    /// cannot be used at all (reported once). Polled without blocking, so that the
+    /// job's cancel and deadline end the wait.
+    fn wait_for_collection(&self, ctx: &JobContext, root: &Path) -> Result<Option<File>, JobError> {
+        let unusable = |e: &dyn std::fmt::Display| {
+            if !self.gc_lock_warned.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "cannot lock {} ({e}): gc roots are made without waiting for a running \
+                     garbage collection, which may delete a path rooted while it runs",
+                    self.gc_lock.display()
+                );
+            }
+            Ok(None)
+        };
+        // Opened anew each time: a flock belongs to its open file, shared by threads.
+        let lock = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.gc_lock)
+        {
+            Ok(lock) => lock,
+            Err(e) => return unusable(&e),
+        };
+        let mut pause = Duration::from_millis(1);
+        let mut told = false;
+        loop {
+            match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => return Ok(Some(lock)),
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return unusable(&e),
+            }
+            if ctx.is_cancelled() || Instant::now() >= ctx.deadline() {
+                return Err(interrupted(ctx));
+            }
+            if !std::mem::replace(&mut told, true) {
+                ctx.log(
+                    Stream::Stderr,
+                    &format!(
+                        "waiting for the running garbage collection to end before adding the gc root {}",
+                        root.display()
+                    ),
+                );
+            }
+            std::thread::sleep(pause.min(ctx.deadline().saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(GC_LOCK_POLL);
+        }
+    }
+
     /// Makes `root` (a symlink outside `gcroots/`) known to the collector.
     fn register_indirect(&self, root: &Path) -> Result<(), JobError> {
-        let gcroots = std::fs::canonicalize(&self.gcroots).unwrap_or_else(|_| self.gcroots.clone());
-        if root.starts_with(&gcroots) {
-            return Ok(());
-        }
-        let auto = gcroots.join("auto");
-        let link = auto.join(format!("genbuild-{:016x}", fnv1a(root.as_os_str().as_encoded_bytes())));
-        std::fs::create_dir_all(&auto)
+        let Some(link) = self.auto_link(root) else { return Ok(()) };
+        std::fs::create_dir_all(link.parent().expect("in auto/"))
             .and_then(|()| replace_symlink(root, &link))
             .map_err(|e| JobError::Failed(format!("cannot register the gc root {}: {e}", link.display())))
+    }
+
+    /// The `gcroots/auto/` link registering `root`; `None` when `root` is under
+    /// `gcroots/`, where Nix finds it without one.
+    fn auto_link(&self, root: &Path) -> Option<PathBuf> {
+        let gcroots = std::fs::canonicalize(&self.gcroots).unwrap_or_else(|_| self.gcroots.clone());
+        if root.starts_with(&gcroots) {
+            return None;
+        }
+        let name = format!("genbuild-{:016x}", fnv1a(root.as_os_str().as_encoded_bytes()));
+        Some(gcroots.join("auto").join(name))
     }
 
     /// Removes the roots in `dir` (and the `auto/` links to them) that `keep` does not
@@ -247,6 +356,15 @@ fn owner_name(owner: &str) -> Result<&str, JobError> {
     }
 }
 
+/// The error of a job that was cancelled or is past its deadline: what its next
+/// command gets ([`JobContext::run`] starts none then, and says why).
+fn interrupted(ctx: &JobContext) -> JobError {
+    match ctx.run_with(Command::new("true"), &mut |_, _| {}) {
+        Err(e) => e,
+        Ok(_) => JobError::Cancelled(None),
+    }
+}
+
 fn open_lock(dir: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(LOCK))
 }
@@ -296,7 +414,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::error::CancelReason;
+    use crate::job::{Job, JobOutput, LogSink};
 
     #[test]
     fn roots_map_back_to_their_derivation() {
@@ -318,6 +440,37 @@ mod tests {
         }
     }
 
+    /// Runs `f` in a job of `owner`, returning what it returns.
+    fn in_job<T: Send + 'static>(
+        owner: &str,
+        logs: LogSink,
+        f: impl FnOnce(&JobContext) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut f = Some(f);
+        let mut job = Job::new(
+            move |ctx: &JobContext| {
+                let _ = tx.send(f.take().expect("run once")(ctx));
+                Ok(())
+            },
+            Duration::from_secs(60),
+        )
+        .with_gc_root_owner(owner)
+        .with_log_sink(logs);
+        job.start();
+        job.wait();
+        rx.try_recv().expect("the job ran")
+    }
+
+    fn no_logs() -> LogSink {
+        Arc::new(|_: JobOutput<'_>| {})
+    }
+
+    fn root_drv(roots: &Arc<Roots>, owner: &str, drv_path: &str) -> Result<(), JobError> {
+        let (roots, drv_path) = (roots.clone(), drv_path.to_string());
+        in_job(owner, no_logs(), move |ctx| roots.root_drv(ctx, &drv_path))
+    }
+
     /// Two executors on one directory; a third sweeps only what nobody holds.
     #[test]
     fn owners_are_locked_and_dead_memory_owners_swept() {
@@ -325,11 +478,11 @@ mod tests {
         let gcroots = tmp.path().join("gcroots");
         let dir = tmp.path().join("roots");
         let drv = |n: &str| format!("/nix/store/{n}-x.drv");
-        let a = Roots::new(dir.clone(), gcroots.clone());
-        let b = Roots::new(dir.clone(), gcroots.clone());
-        a.root_drv("memory-a", &drv("a")).unwrap();
-        b.root_drv("memory-b", &drv("b")).unwrap();
-        b.root_drv("file-b", &drv("b")).unwrap();
+        let a = Arc::new(Roots::new(dir.clone(), tmp.path()));
+        let b = Arc::new(Roots::new(dir.clone(), tmp.path()));
+        root_drv(&a, "memory-a", &drv("a")).unwrap();
+        root_drv(&b, "memory-b", &drv("b")).unwrap();
+        root_drv(&b, "file-b", &drv("b")).unwrap();
         let auto = |owner: &str| {
             std::fs::read_dir(gcroots.join("auto"))
                 .unwrap()
@@ -347,7 +500,7 @@ mod tests {
 
         // Once A is gone its directory is swept by anyone's release; file owners stay.
         drop(a);
-        let c = Roots::new(dir.clone(), gcroots.clone());
+        let c = Roots::new(dir.clone(), tmp.path());
         c.release_unused("memory-c", &[]);
         assert!(!dir.join("memory-a").exists());
         assert_eq!(auto("memory-a"), 0);
@@ -364,8 +517,66 @@ mod tests {
 
         // Removed behind the executor's back, the directory is made and locked again.
         std::fs::remove_dir_all(dir.join("memory-b")).unwrap();
-        b.root_drv("memory-b", &drv("b2")).unwrap();
+        root_drv(&b, "memory-b", &drv("b2")).unwrap();
         c.release_unused("memory-c", &[]);
         assert!(dir.join("memory-b").join("b2-x.drv").is_symlink());
+    }
+
+    /// A collection (here: whoever holds `gc.lock` exclusively) may have read the roots
+    /// already: a root made now would not protect its path from it. The root waits
+    /// until the collection ended, or until the job is cancelled or timed out.
+    #[test]
+    fn a_root_waits_for_a_running_collection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Arc::new(Roots::new(tmp.path().join("roots"), tmp.path()));
+        let collection = File::create(tmp.path().join("gc.lock")).unwrap();
+        let ends = [
+            (None, Duration::from_secs(60), None),
+            (
+                Some(CancelReason::Stopped),
+                Duration::from_secs(60),
+                Some(JobError::Cancelled(Some(CancelReason::Stopped))),
+            ),
+            (None, Duration::from_millis(300), Some(JobError::TimedOut(Duration::from_millis(300)))),
+        ];
+        for (i, (cancel, timeout, error)) in ends.into_iter().enumerate() {
+            let drv = format!("/nix/store/{i}-x.drv");
+            let root = tmp.path().join(format!("roots/memory-a/{i}-x.drv"));
+            rustix::fs::flock(&collection, FlockOperation::LockExclusive).unwrap();
+            let (lines, logged) = crossbeam_channel::unbounded();
+            let logs: LogSink = Arc::new(move |output: JobOutput<'_>| {
+                if let JobOutput::Line { text, .. } = output {
+                    let _ = lines.send(text.to_string());
+                }
+            });
+            let roots = roots.clone();
+            let mut job = Job::new(move |ctx: &JobContext| roots.root_drv(ctx, &drv), timeout)
+                .with_gc_root_owner("memory-a")
+                .with_log_sink(logs);
+            job.start();
+            let line = logged.recv_timeout(Duration::from_secs(60)).expect("a line saying the root waits");
+            assert!(line.starts_with("waiting for the running garbage collection to end"), "{line}");
+            assert!(!root.is_symlink(), "rooted while a collection runs");
+            match cancel {
+                Some(reason) => job.cancel(reason),
+                // A timeout ends the wait on its own; a collection that ends, by
+                // letting go of the lock.
+                None if error.is_some() => {}
+                None => rustix::fs::flock(&collection, FlockOperation::Unlock).unwrap(),
+            }
+            job.wait();
+            assert_eq!(job.error(), error.as_ref());
+            assert_eq!(root.is_symlink(), error.is_none());
+            rustix::fs::flock(&collection, FlockOperation::Unlock).unwrap();
+        }
+    }
+
+    /// Without a usable `gc.lock` (its directory is missing here), roots are still made.
+    #[test]
+    fn a_root_is_made_without_a_usable_gc_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Arc::new(Roots::new(tmp.path().join("roots"), &tmp.path().join("missing")));
+        root_drv(&roots, "memory-a", "/nix/store/a-x.drv").unwrap();
+        assert!(tmp.path().join("roots/memory-a/a-x.drv").is_symlink());
     }
 }
