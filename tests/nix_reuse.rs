@@ -214,3 +214,93 @@ fn legacy_evaluations_are_reused_only_when_asked_and_never_for_a_flake() {
     assert_eq!(store.reusable_evaluations().len(), 2, "one per executor kind");
     assert_no_process(&Path::new(repo.path()).to_string_lossy());
 }
+
+/// Wrappers of Nix's binaries whose `nix-store --check-validity` hangs (a `sleep`
+/// carrying the nonce) while the flag file exists: a check a cancel interrupts.
+struct HangingCheck {
+    dir: tempfile::TempDir,
+}
+
+impl HangingCheck {
+    fn new(nonce: &str) -> HangingCheck {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("hang");
+        for program in ["nix", "nix-store", "nix-instantiate"] {
+            let found =
+                std::process::Command::new("sh").args(["-c", &format!("command -v {program}")]).output();
+            let real = String::from_utf8(found.unwrap().stdout).unwrap().trim().to_string();
+            let script = format!(
+                "#!/bin/sh\ncase \" $* \" in *' --check-validity '*) [ -e '{}' ] && exec sleep 300.{nonce};; esac\nexec '{real}' \"$@\"\n",
+                flag.display()
+            );
+            let path = dir.path().join(program);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        HangingCheck { dir }
+    }
+
+    fn hang(&self, on: bool) {
+        let flag = self.dir.path().join("hang");
+        if on {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+}
+
+/// A validity check the cancel interrupts did not answer: neither the check after an
+/// evaluation ("garbage-collected right after its evaluation; evaluating again") nor
+/// the check of a reuse ("no longer valid", and the reusable evaluation forgotten)
+/// takes the interruption for an invalid path.
+#[test]
+fn a_stop_during_a_validity_check_is_no_invalid_path() {
+    if !nix_or_skip() {
+        return;
+    }
+    let (env, repo, n) = (Env::new(), Repo::new(), nonce());
+    let commit = two_hosts(&repo, &n);
+    let check = HangingCheck::new(&n);
+    let mut options = env.options();
+    options.bin_dir = Some(check.dir.path().to_path_buf());
+    let store = Arc::new(Store::new());
+    let h = Harness::with_store(
+        nix_config("h1", repo.path(), "nixosConfigurations"),
+        store.clone(),
+        Arc::new(FlakeExecutor::new(options)),
+    );
+    let stopped_in_the_check = |what: &str| {
+        let uuid = h.builder.eval(&rs(&commit)).unwrap();
+        common::wait_for_processes(&n, 1);
+        h.builder.stop();
+        assert_no_process(&n);
+        assert_eq!(h.evaluated.recv_timeout(NIX_HANG).unwrap(), uuid);
+        let g = h.generation(&uuid);
+        assert_eq!((g.eval_status.as_str(), g.eval_err.as_str()), ("failed", "cancelled: stopped"), "{what}");
+        h.logs()
+    };
+
+    // The check after the evaluation.
+    check.hang(true);
+    let logs = stopped_in_the_check("the check after the evaluation");
+    assert!(!logs.contains("garbage-collected"), "{logs}");
+    assert!(store.reusable_evaluations().is_empty());
+
+    check.hang(false);
+    let first = h.eval(&commit);
+    assert_eq!(first.eval_status, "evaluated", "{}", first.eval_err);
+    assert_eq!(store.reusable_evaluations().len(), 1);
+
+    // The check of a reuse.
+    check.hang(true);
+    let logs = stopped_in_the_check("the check of a reuse");
+    assert!(!logs.contains("no longer valid"), "{logs}");
+    let kept: Vec<String> = store.reusable_evaluations().into_iter().map(|e| e.source_uuid).collect();
+    assert_eq!(kept, [first.uuid.clone()], "the interrupted check forgot the reusable evaluation");
+
+    check.hang(false);
+    let again = h.eval(&commit);
+    assert_eq!(again.eval_reused_from, first.uuid, "{}", again.eval_err);
+}
