@@ -34,7 +34,7 @@
 //! cancellation, grace) and a line callback. It never imports `job` or `builder`.
 
 mod cgroup;
-mod pipes;
+pub(crate) mod pipes;
 mod poll;
 mod supervise;
 mod tree;

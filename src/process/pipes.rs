@@ -22,7 +22,7 @@ use super::Stream;
 /// How much of a failing command's stderr ends up in its error message.
 pub(super) const STDERR_TAIL_BYTES: usize = 4096;
 /// The longest line handed out whole.
-pub(super) const MAX_LINE: usize = 64 << 10;
+pub(crate) const MAX_LINE: usize = 64 << 10;
 const STDOUT_LIMIT: usize = 64 << 20;
 
 /// One of the command's output pipes, our reading end.

@@ -27,6 +27,17 @@
 //! an older Nix) is logged as it is: no line is lost, and no raw JSON is shown. The
 //! parser is pure: [`NixLog::feed`] takes one stderr line and reports through a
 //! callback, [`NixLog::failure`] gives the error text.
+//!
+//! **Long lines.** The pipe reader hands a line longer than
+//! [`MAX_LINE`](crate::process::pipes::MAX_LINE) (64 KiB) in pieces, each cut on a
+//! character boundary, so at most 3 bytes short of it; no piece of a long `@nix` line
+//! (a builder's long line, a long evaluation error) parses alone. So a piece that
+//! starts with `@nix `, is that long, and ends before its JSON does (serde's "EOF
+//! while parsing", or no closing `}` yet) is held, and the pieces after it are
+//! appended until the JSON is whole, up to [`LONG_LINE_BYTES`] (4 MiB). A longer one
+//! is dropped (its remaining pieces with it), with the notice "a Nix log line of more
+//! than 4 MiB was cut" in its place, never raw JSON; pieces that turn out not to make
+//! JSON are logged as they came.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::Value;
 
 use crate::job::Progress;
+use crate::process::pipes::MAX_LINE;
 
 /// Activity types (Nix's `ActivityType`).
 const ACT_COPY_PATH: u64 = 100;
@@ -53,10 +65,17 @@ const LVL_INFO: u64 = 3;
 /// Bound of a failure's text (besides the failed builds' names): Nix's error messages
 /// take at most half, plain lines a quarter, the failed builds' last lines the rest.
 const FAILURE_BYTES: usize = 4096;
+/// What a failure keeps of one long line: its last 512 bytes.
+const TAIL_LINE_BYTES: usize = FAILURE_BYTES / 8;
 /// Builds whose last lines are kept after they stopped (an error may name them later).
 const RECENTLY_STOPPED: usize = 16;
 /// Failed builds whose last lines go into a failure.
 const FAILED_SHOWN: usize = 4;
+/// The longest `@nix` line joined back from the pipe reader's pieces.
+const LONG_LINE_BYTES: usize = 4 << 20;
+/// The shortest piece the pipe reader cuts a long line into (a cut keeps back up to 3
+/// bytes of a character).
+const CUT_PIECE_BYTES: usize = MAX_LINE - 3;
 
 /// What one line of Nix's log gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +112,10 @@ pub(crate) struct NixLog {
     failed: Vec<(String, String)>,
     /// Last lines that were not `@nix` JSON.
     plain: Tail,
+    /// A long `@nix` line being joined back from its pieces, and where each piece ends.
+    held: Option<(String, Vec<usize>)>,
+    /// The rest of a line past [`LONG_LINE_BYTES`] is dropped until the line ends.
+    dropping: bool,
 }
 
 #[derive(Debug)]
@@ -108,20 +131,69 @@ impl NixLog {
         NixLog::default()
     }
 
-    /// Reads one stderr line of a Nix command, reporting what it gives to `emit`.
-    pub(crate) fn feed(&mut self, line: &str, emit: &mut dyn FnMut(Event<'_>)) {
-        let parsed = line.strip_prefix("@nix ").and_then(|json| serde_json::from_str::<Value>(json).ok());
-        let Some(value) = parsed.filter(Value::is_object) else {
-            self.plain.push(line);
-            emit(Event::Line { drv_path: None, text: line });
+    /// Reads one stderr line of a Nix command (or a piece of a long one, as the pipe
+    /// reader hands it), reporting what it gives to `emit`.
+    pub(crate) fn feed(&mut self, piece: &str, emit: &mut dyn FnMut(Event<'_>)) {
+        // A piece this long was cut: the line goes on in the next one.
+        let cut = piece.len() >= CUT_PIECE_BYTES;
+        if self.dropping {
+            self.dropping = cut;
             return;
+        }
+        let (line, ends) = match self.held.take() {
+            Some((mut line, mut ends)) => {
+                line.push_str(piece);
+                ends.push(line.len());
+                (line, ends)
+            }
+            None if cut && piece.starts_with("@nix ") => (piece.to_string(), vec![piece.len()]),
+            None => return self.feed_line(piece, emit),
         };
+        // Only a piece ending in `}` can end the JSON: the line is not parsed again
+        // before (that would only say "EOF" once more, over a longer line each time).
+        let parsed = (!cut || line.ends_with('}')).then(|| parse(&line));
+        let unfinished = match &parsed {
+            None => true,
+            Some(Err(e)) => e.is_eof() && cut,
+            Some(Ok(_)) => false,
+        };
+        match parsed {
+            Some(Ok(value)) if value.is_object() => self.feed_value(&value, emit),
+            _ if unfinished && line.len() <= LONG_LINE_BYTES => self.held = Some((line, ends)),
+            _ if unfinished => {
+                self.dropping = true;
+                self.feed_line("a Nix log line of more than 4 MiB was cut", emit);
+            }
+            // Not Nix's JSON after all: the pieces as they came.
+            _ => {
+                let mut start = 0;
+                for end in ends {
+                    self.feed_line(&line[start..end], emit);
+                    start = end;
+                }
+            }
+        }
+    }
+
+    /// Reads one whole line.
+    fn feed_line(&mut self, line: &str, emit: &mut dyn FnMut(Event<'_>)) {
+        match line.strip_prefix("@nix ").and_then(|_| parse(line).ok()).filter(Value::is_object) {
+            Some(value) => self.feed_value(&value, emit),
+            None => {
+                self.plain.push(line);
+                emit(Event::Line { drv_path: None, text: line });
+            }
+        }
+    }
+
+    /// Reads one `@nix` JSON object.
+    fn feed_value(&mut self, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
         let id = value["id"].as_u64().unwrap_or_default();
         match value["action"].as_str() {
-            Some("start") => self.start(id, &value, emit),
+            Some("start") => self.start(id, value, emit),
             Some("stop") => self.stop(id, emit),
-            Some("result") => self.result(id, &value, emit),
-            Some("msg") => self.msg(&value, emit),
+            Some("result") => self.result(id, value, emit),
+            Some("msg") => self.msg(value, emit),
             // Actions of a later Nix: nothing a person needs.
             _ => {}
         }
@@ -287,6 +359,11 @@ impl NixLog {
     }
 }
 
+/// The JSON of a `@nix` line (only an object is one of Nix's).
+fn parse(line: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(line.strip_prefix("@nix ").unwrap_or(line))
+}
+
 /// The number of paths a copy-paths activity announces in its text, "copying N paths"
 /// (Nix's `copyPaths`); 0 for another text (the copy-path activities still count).
 fn paths_announced(text: &str) -> u64 {
@@ -301,19 +378,23 @@ fn emit_lines(text: &str, drv_path: Option<&str>, emit: &mut dyn FnMut(Event<'_>
     }
 }
 
-/// The last lines of a stream, at most [`FAILURE_BYTES`].
+/// The last lines of a stream, at most [`FAILURE_BYTES`] joined with `\n`; of a line
+/// longer than [`TAIL_LINE_BYTES`], its end, so that one long line leaves room for the
+/// lines before it (also in the smaller share a failure gives plain lines).
 #[derive(Debug, Default)]
 struct Tail {
     lines: VecDeque<String>,
+    /// Bytes of the lines plus one separator each.
     bytes: usize,
 }
 
 impl Tail {
     fn push(&mut self, line: &str) {
-        let line = last_bytes(line, FAILURE_BYTES);
+        let line = last_bytes(line, TAIL_LINE_BYTES);
         self.bytes += line.len() + 1;
         self.lines.push_back(line.to_string());
-        while self.bytes > FAILURE_BYTES {
+        // The line just pushed always stays.
+        while self.bytes > FAILURE_BYTES + 1 && self.lines.len() > 1 {
             let Some(old) = self.lines.pop_front() else { break };
             self.bytes -= old.len() + 1;
         }
