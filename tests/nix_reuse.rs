@@ -298,7 +298,11 @@ fn a_stop_during_a_validity_check_is_no_invalid_path() {
     let logs = stopped_in_the_check("the check of a reuse");
     assert!(!logs.contains("no longer valid"), "{logs}");
     let kept: Vec<String> = store.reusable_evaluations().into_iter().map(|e| e.source_uuid).collect();
-    assert_eq!(kept, [first.uuid.clone()], "the interrupted check forgot the reusable evaluation");
+    assert_eq!(
+        kept,
+        std::slice::from_ref(&first.uuid),
+        "the interrupted check forgot the reusable evaluation"
+    );
 
     check.hang(false);
     let again = h.eval(&commit);
