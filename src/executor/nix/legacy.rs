@@ -2,9 +2,14 @@
 //! commit with one `nix-instantiate --eval` and builds with `nix-store --realise`.
 //!
 //! The checkout is a `git clone --shared` (objects borrowed from the repository, so it
-//! is cheap) in a private temporary directory that is removed whatever happens. The
-//! expression the caller's repository holds may be a function; it gets `hostname` if
-//! it asks for it.
+//! is cheap) in a private temporary directory that is removed whatever happens. Once
+//! checked out (submodules included), its repository metadata goes: `.git`, and the
+//! `.git` files of submodules. An expression may copy its own directory (`./.`) into
+//! the store, which must then hold the commit's files only: the same on every
+//! evaluation (the index and logs change each time, so the `.drv` would too, and an
+//! evaluation would never be "already built"), and nothing of the repository in the
+//! world-readable store. The expression the caller's repository holds may be a
+//! function; it gets `hostname` if it asks for it.
 
 use std::path::Path;
 use std::process::Command;
@@ -106,5 +111,62 @@ fn check_out(
         update.args(["submodule", "--quiet", "update", "--init", "--recursive"]);
         ctx.run(update)?;
     }
+    remove_git_metadata(tree, submodules)
+}
+
+/// Removes `tree/.git` and, with submodules, every `.git` below (a submodule's is a
+/// file pointing into the top one). Links are not followed.
+fn remove_git_metadata(tree: &Path, submodules: bool) -> Result<(), JobError> {
+    let mut dirs = vec![tree.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let failed = |path: &Path, e: std::io::Error| {
+            JobError::Failed(format!(
+                "cannot remove the repository metadata {} from the checkout: {e}",
+                path.display()
+            ))
+        };
+        let entries = std::fs::read_dir(&dir).map_err(|e| failed(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| failed(&dir, e))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| failed(&path, e))?;
+            if entry.file_name() == ".git" {
+                let removed =
+                    if kind.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(|e| failed(&path, e))?;
+            } else if submodules && kind.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_metadata_goes_from_the_checkout_and_its_submodules_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join(".git")).unwrap();
+        let tree = tmp.path().join("src");
+        for dir in [".git/modules/sub", "sub/deeper/nested", "plain"] {
+            std::fs::create_dir_all(tree.join(dir)).unwrap();
+        }
+        std::fs::write(tree.join("sub/.git"), "gitdir: ../.git/modules/sub").unwrap();
+        std::fs::write(tree.join("sub/deeper/nested/.git"), "gitdir: x").unwrap();
+        std::fs::write(tree.join("plain/file"), "kept").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+
+        remove_git_metadata(&tree, false).unwrap();
+        assert!(!tree.join(".git").exists());
+        assert!(tree.join("sub/.git").exists(), "without submodules, only the top one is looked for");
+
+        remove_git_metadata(&tree, true).unwrap();
+        assert!(!tree.join("sub/.git").exists() && !tree.join("sub/deeper/nested/.git").exists());
+        assert!(tree.join("plain/file").exists() && tree.join("sub/deeper/nested").is_dir());
+        assert!(outside.join(".git").is_dir(), "a link is not followed");
+    }
 }
