@@ -144,9 +144,11 @@
 //!   [`stop`](Builder::stop) returns, in every thread that called it, and when the
 //!   last handle is dropped: no job runs, none is queued, and a later
 //!   [`resume`](Builder::resume) builds nothing that was wanted before the stop; an
-//!   `eval` that was waiting for the cancelled job gives up with [`Error::Stopped`]. A
-//!   job cancelled several times records the strongest reason: stopped, then
-//!   superseded, then suspended. The builder stays usable: `eval` may follow.
+//!   `eval` that was waiting for the cancelled job gives up with [`Error::Stopped`].
+//!   No job starts while it waits: an `eval` from another thread starts after it, a
+//!   build submitted or resumed meanwhile ends at once, "cancelled: stopped". A job
+//!   cancelled several times records the strongest reason: stopped, then superseded,
+//!   then suspended. The builder stays usable: `eval` may follow.
 //! * **Notifications are never dropped.** Every started evaluation yields exactly one
 //!   `evaluation_done` (or one `build_done` when its output is already in the store),
 //!   every started build exactly one `build_done`, in order; each names the generation

@@ -10,6 +10,14 @@
 //! A command that must wait for a job (the machine's [`Step::WaitFor`]) waits on the
 //! `job_ended` condition variable, which releases the mutex, and is woken by every
 //! handled completion.
+//!
+//! **While a stop is under way** (a `stop()` waits for the job it cancelled), no job
+//! starts: when `stop()` returns, in every thread that called it, none may run. An
+//! `eval` waits until every stop under way has returned, then goes on (and gives up
+//! with [`Error::Stopped`] if another stop was made after it); a build that
+//! `submit_build` or `resume` (or a job's end) would start meanwhile ends at once,
+//! "cancelled: stopped", as if the stop had cancelled it. Those calls never block, and
+//! the stop cannot wait for a job it would then have to cancel in turn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +29,7 @@ use super::job_body::{self, Task};
 use super::reentry::{self, BuilderId};
 use super::subscribers::Subscribers;
 use super::BuilderConfig;
-use crate::error::{Error, JobError};
+use crate::error::{CancelReason, Error, JobError};
 use crate::executor::{EvalRequest, Executor};
 use crate::job::Job;
 use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step};
@@ -59,8 +67,13 @@ pub(super) struct State {
     pub(super) machine: Machine<proto::RepositoryStatus>,
     /// Every job started whose thread has not been joined yet.
     jobs: HashMap<JobId, Job>,
-    /// Calls blocked in [`Shared::wait_for`].
+    /// Calls blocked in [`Shared::wait_for`] or [`Shared::wait_for_stops`].
     pub(super) waiting_calls: usize,
+    /// `stop()` calls under way: no job starts meanwhile.
+    stopping: usize,
+    /// `stop()` calls made so far: an `eval` that waited for one under way gives up if
+    /// a later one came meanwhile.
+    stops_made: u64,
 }
 
 impl Shared {
@@ -71,7 +84,13 @@ impl Shared {
             config,
             store,
             executor,
-            state: Mutex::new(State { machine: Machine::new(), jobs: HashMap::new(), waiting_calls: 0 }),
+            state: Mutex::new(State {
+                machine: Machine::new(),
+                jobs: HashMap::new(),
+                waiting_calls: 0,
+                stopping: 0,
+                stops_made: 0,
+            }),
             job_ended: Condvar::new(),
             evaluation_done: Channel::unbounded(),
             build_done: Channel::unbounded(),
@@ -90,8 +109,17 @@ impl Shared {
         self.refuse_inside_job("eval")?;
         let uuid = uuid::Uuid::new_v4().to_string();
         let mut state = self.state.lock();
+        let stops_before = state.stops_made;
         let mut waited = None;
         loop {
+            // No job starts while a stop is under way: this one starts after it.
+            if state.stopping > 0 {
+                self.wait_for_stops(&mut state);
+                // As an eval waiting for a job does, it gives up for a later stop.
+                if state.stops_made != stops_before {
+                    return Err(Error::Stopped);
+                }
+            }
             let step = state.machine.eval(&uuid, rs, waited);
             self.perform(&mut state);
             match step? {
@@ -142,17 +170,29 @@ impl Shared {
     }
 
     /// Cancels everything and waits until the running job ended, unless it is the
-    /// caller's own; then joins the threads of the jobs that ended.
+    /// caller's own; then joins the threads of the jobs that ended. No job starts
+    /// meanwhile (see the module documentation), so that when this returns none runs
+    /// but the caller's own.
     pub(super) fn stop(self: &Arc<Self>) {
         let own = reentry::own_job(self.id);
         let ended: Vec<Job> = {
             let mut state = self.state.lock();
-            let step = state.machine.stop();
-            self.perform(&mut state);
-            if let Step::WaitFor(wait) = step {
-                if own != Some(wait.job) {
-                    self.wait_for(&mut state, wait.job);
+            state.stops_made += 1;
+            state.stopping += 1;
+            // Once: no job starts while this waits. Should one run all the same, it is
+            // cancelled and waited for too.
+            loop {
+                let step = state.machine.stop();
+                self.perform(&mut state);
+                match step {
+                    Step::WaitFor(wait) if own != Some(wait.job) => self.wait_for(&mut state, wait.job),
+                    _ => break,
                 }
+            }
+            state.stopping -= 1;
+            if state.stopping == 0 {
+                // Evaluations made meanwhile go on.
+                self.job_ended.notify_all();
             }
             let running = state.machine.running_job().map(|(id, _)| id);
             let ended: Vec<JobId> =
@@ -198,12 +238,25 @@ impl Shared {
         state.waiting_calls -= 1;
     }
 
+    /// Until no stop is under way.
+    fn wait_for_stops(&self, state: &mut MutexGuard<'_, State>) {
+        state.waiting_calls += 1;
+        while state.stopping > 0 {
+            self.job_ended.wait(state);
+        }
+        state.waiting_calls -= 1;
+    }
+
     /// Performs every queued action of the machine, in order.
     fn perform(self: &Arc<Self>, state: &mut State) {
         let mut failed_to_start = Vec::new();
         loop {
             while let Some(action) = state.machine.poll_action() {
                 match action {
+                    // A stop under way ends whatever would start (see the module doc).
+                    Action::StartEval { job, .. } | Action::StartBuild { job, .. } if state.stopping > 0 => {
+                        failed_to_start.push((job, JobError::Cancelled(Some(CancelReason::Stopped))));
+                    }
                     Action::StartEval { job, uuid, request } => {
                         let task = Task::Eval(self.eval_request(&request));
                         self.start(state, job, task, uuid, &mut failed_to_start);

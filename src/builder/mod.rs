@@ -309,8 +309,12 @@ impl Builder {
     /// that called it, no job runs and none is queued, a later
     /// [`resume`](Builder::resume) builds nothing that was wanted before, and an
     /// [`eval`](Builder::eval) that was waiting for the job gives up with
-    /// [`Error::Stopped`]. Calls made after it (from other threads, even while it waits)
-    /// take effect after it.
+    /// [`Error::Stopped`]. No job starts while it waits: an `eval` made meanwhile (from
+    /// another thread) waits until it returned, then starts; a build that
+    /// [`submit_build`](Builder::submit_build) or `resume` (which never block) start
+    /// meanwhile ends at once, "cancelled: stopped", announced on
+    /// [`build_done`](Builder::build_done). Calls made after it returned take effect
+    /// after it.
     ///
     /// Called from one of this builder's own jobs, it cancels that job and returns at
     /// once: it cannot wait for its own caller, which ends when its work returns.
