@@ -933,3 +933,76 @@ fn a_build_submitted_while_stop_waits_ends_with_the_stop() {
     assert!(ended_by_the_stop > 0, "every build submitted while stop() waited outlived it");
     assert_no_process(&executor.nonce);
 }
+
+/// The library's warnings in this test binary.
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct CaptureWarnings;
+
+impl log::Log for CaptureWarnings {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            WARNINGS.lock().push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The warnings logged so far that name `store`.
+fn warnings_about(store: &Store) -> Vec<String> {
+    static CAPTURE: std::sync::Once = std::sync::Once::new();
+    CAPTURE.call_once(|| {
+        log::set_logger(&CaptureWarnings).expect("the only logger of this binary");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    WARNINGS.lock().iter().filter(|w| w.contains(store.id())).cloned().collect()
+}
+
+/// The store's rules are store-wide and its id owns the gc roots: builders over one
+/// store one after the other (a restart) are its use, and take over what the earlier
+/// one left; two alive at once drop each other's generations and roots, which
+/// `Builder::new` cannot refuse but warns about.
+#[test]
+fn one_builder_per_store_at_a_time_and_a_second_live_one_is_warned_about() {
+    let store = Arc::new(Store::new());
+    assert_eq!(warnings_about(&store), Vec::<String>::new());
+    let new = || Builder::new(config(), store.clone(), Arc::new(ShellExecutor::new()));
+
+    let first = new();
+    let uuid = first.eval(&rs("c1")).unwrap();
+    assert_eq!(recv(&first.evaluation_done(), "evaluation_done"), uuid);
+    let _same_builder = first.clone();
+    drop((first, _same_builder));
+    let restarted = new();
+    assert_eq!(warnings_about(&store), Vec::<String>::new(), "one after the other is no misuse");
+    restarted.submit_build(&uuid).unwrap();
+    assert_eq!(recv(&restarted.build_done(), "build_done"), uuid);
+    assert_eq!(generation(&store, &uuid).build_status, status::BUILT);
+
+    let second = new();
+    let warned = warnings_about(&store);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("2 live Builders use the store") && warned[0].contains("one Builder per Store")
+    );
+    drop(second);
+    drop(restarted);
+    let _alone = new();
+    assert_eq!(warnings_about(&store).len(), 1, "both were dropped");
+
+    // Two stores over one file are one store.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Store::open(dir.path().join("state.pb")).unwrap(),
+        Store::open(dir.path().join("state.pb")).unwrap(),
+    );
+    let _a = Builder::new(config(), Arc::new(a), Arc::new(ShellExecutor::new()));
+    let b = Arc::new(b);
+    let _b = Builder::new(config(), b.clone(), Arc::new(ShellExecutor::new()));
+    assert_eq!(warnings_about(&b).len(), 1);
+}

@@ -7,6 +7,7 @@
 //! `Connection` driver does), the jobs' threads ([`Job`](crate::Job)), the store
 //! writes, the channels.
 //!
+//! * `attach`: one live builder per store; a second one is warned about.
 //! * `driver`: the shared state behind every handle and the commands' locking and
 //!   waiting; the one owner of the jobs' bookkeeping.
 //! * `job_body`: what a builder's job does on its thread, and how it reports back.
@@ -19,6 +20,7 @@
 //! cancels under the lock, waits on the condition variable, then joins the finished
 //! jobs' threads outside it.
 
+mod attach;
 mod driver;
 mod job_body;
 mod reentry;
@@ -114,11 +116,12 @@ pub struct Builder {
     shared: Arc<StopOnDrop>,
 }
 
-/// Shared by every clone of a [`Builder`]: dropping the last one stops the builder.
-/// Jobs hold the [`Shared`] state only, so that a running job does not keep the
-/// builder alive.
+/// Shared by every clone of a [`Builder`]: dropping the last one stops the builder
+/// (and lets go of its store). Jobs hold the [`Shared`] state only, so that a running
+/// job does not keep the builder alive.
 struct StopOnDrop {
     shared: Arc<Shared>,
+    _attached: attach::Attached,
 }
 
 impl Drop for StopOnDrop {
@@ -150,6 +153,15 @@ impl Builder {
     /// A builder with no current generation, evaluating and building with
     /// `executor` and recording generations in `store`. Starts no thread.
     ///
+    /// **One builder per store at a time.** The store's rules are store-wide (it keeps
+    /// the last generations of each kind, whoever made them) and its
+    /// [`id`](Store::id) names the owner of the Nix executors' gc roots: two live
+    /// builders over one store (or over two stores of one file) drop each other's
+    /// generations and release each other's roots. A builder made after the last handle
+    /// of the previous one was dropped (a restart) takes over its generations, roots and
+    /// reusable evaluations. A second live builder is not refused (this returns no
+    /// error): a warning naming the store is logged.
+    ///
     /// # Examples
     /// ```
     /// use std::sync::Arc;
@@ -164,8 +176,9 @@ impl Builder {
     /// assert_eq!(builder.generation_uuid(), None);
     /// ```
     pub fn new(config: BuilderConfig, store: Arc<Store>, executor: Arc<dyn Executor>) -> Builder {
+        let attached = attach::attach(&store);
         let shared = Arc::new(Shared::new(config, store, executor));
-        Builder { shared: Arc::new(StopOnDrop { shared }) }
+        Builder { shared: Arc::new(StopOnDrop { shared, _attached: attached }) }
     }
 
     fn driver(&self) -> &Arc<Shared> {
@@ -189,7 +202,7 @@ impl Builder {
     /// [`NixExecutor`](crate::NixExecutor) only when
     /// [`reuse_legacy_evaluations`](crate::NixOptions::reuse_legacy_evaluations) is on),
     /// and the store keeps a successful evaluation under that key (from this builder,
-    /// another one over the same store, or before a restart), and the executor finds
+    /// or from an earlier one over the same store: before a restart), and the executor finds
     /// its `.drv` still valid ([`Executor::reuse_evaluation`], which roots it again for
     /// this builder): the generation is recorded evaluated from that result, with no
     /// evaluator process, and `eval_reused_from` names the generation that was

@@ -43,6 +43,13 @@
 //! **One store per file at a time.** A `Store` writes its whole state on every change;
 //! two of them over one file (in one process or two) overwrite each other's changes.
 //! Open a file in one process at a time, once, and share the `Arc<Store>`.
+//!
+//! **One builder per store at a time.** The store's rules are store-wide (the last
+//! generations of each kind are kept, whichever builder made them) and its
+//! [`id`](Store::id) names the owner of the Nix executors' gc roots: two live builders
+//! over one store drop each other's generations and roots. Builders one after the
+//! other (a restart) are the intended use; see
+//! [`Builder::new`](crate::Builder::new).
 
 mod file;
 mod reusable;
@@ -63,7 +70,8 @@ pub use reusable::MAX_REUSABLE_EVALUATIONS;
 /// The generations by uuid, in memory or persisted to a file; share it as `Arc<Store>`.
 ///
 /// Cheap to query; every query returns copies. Generations are created and changed
-/// only by the [`Builder`](crate::Builder) the store is given to.
+/// only by the [`Builder`](crate::Builder) the store is given to, one builder at a
+/// time (see the [module documentation](self)).
 #[derive(Debug)]
 pub struct Store {
     path: Option<PathBuf>,
