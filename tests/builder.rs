@@ -458,7 +458,9 @@ fn building_slowly() -> (Builder, Arc<Store>, String, String) {
     let uuid = builder.eval(&rs("c1")).unwrap();
     recv(&builder.evaluation_done(), "evaluation_done");
     builder.submit_build(&uuid).unwrap();
-    wait_for_processes(&n, 1);
+    // Once `sh` has exec'd `sleep` (NUL-separated arguments), SIGTERM is ignored: the
+    // shell's own command line shows the nonce before its `trap` ran.
+    wait_for_processes(&format!("sleep\0300.{n}"), 1);
     (builder, store, uuid, n)
 }
 
