@@ -144,9 +144,11 @@ typedef struct genbuild_config {
    */
   const char *hostname;
   /**
-   * Whether git submodules are part of the source.
+   * Nonzero: git submodules are part of the source. A byte rather than a bool, so
+   * that every value C may store in it is valid (any nonzero byte means true); a C
+   * `bool` stored there (0 or 1, the same size) reads the same.
    */
-  bool submodules;
+  uint8_t submodules;
   /**
    * Evaluation timeout in milliseconds; 0: 30 minutes.
    */
@@ -219,8 +221,9 @@ const char *genbuild_version(void);
  * Creates a builder from `config` and stores it in `*builder_out`.
  *
  * The builder is subscribed to its own events from this moment: every event is kept
- * for `genbuild_next_event` (lifecycle events without limit; log lines up to 4096
- * unread ones, further lines are dropped and counted).
+ * for `genbuild_next_event` (lifecycle events without limit; log lines and progress
+ * while less than 16 MiB of them wait unread, further ones are dropped, the lines
+ * counted in the next line's `dropped_before`).
  *
  * On failure `*builder_out` is set to NULL.
  *
@@ -320,7 +323,9 @@ genbuild_result genbuild_resume(const struct genbuild_builder *builder, char **e
  * and joins its thread; blocks until all that is done, also when several threads call
  * it at once (each returns only when nothing runs). Stronger than a pending suspend,
  * resume or submission: a later `genbuild_resume` builds nothing wanted before the
- * stop. Not terminal: `genbuild_eval` may follow.
+ * stop. No job starts while it waits: a `genbuild_eval` from another thread starts
+ * after it, a build submitted or resumed meanwhile ends at once ("cancelled:
+ * stopped"). Not terminal: `genbuild_eval` may follow.
  *
  * Thread safety: may be called from any thread, concurrently with other calls.
  *

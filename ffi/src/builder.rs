@@ -41,8 +41,9 @@ unsafe fn handle_arg<'a>(handle: *const genbuild_builder) -> Result<&'a genbuild
 /// Creates a builder from `config` and stores it in `*builder_out`.
 ///
 /// The builder is subscribed to its own events from this moment: every event is kept
-/// for `genbuild_next_event` (lifecycle events without limit; log lines up to 4096
-/// unread ones, further lines are dropped and counted).
+/// for `genbuild_next_event` (lifecycle events without limit; log lines and progress
+/// while less than 16 MiB of them wait unread, further ones are dropped, the lines
+/// counted in the next line's `dropped_before`).
 ///
 /// On failure `*builder_out` is set to NULL.
 ///
@@ -202,7 +203,9 @@ pub unsafe extern "C" fn genbuild_resume(
 /// and joins its thread; blocks until all that is done, also when several threads call
 /// it at once (each returns only when nothing runs). Stronger than a pending suspend,
 /// resume or submission: a later `genbuild_resume` builds nothing wanted before the
-/// stop. Not terminal: `genbuild_eval` may follow.
+/// stop. No job starts while it waits: a `genbuild_eval` from another thread starts
+/// after it, a build submitted or resumed meanwhile ends at once ("cancelled:
+/// stopped"). Not terminal: `genbuild_eval` may follow.
 ///
 /// Thread safety: may be called from any thread, concurrently with other calls.
 ///

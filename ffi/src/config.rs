@@ -53,8 +53,10 @@ pub struct genbuild_config {
     pub system_attr: *const c_char,
     /// The machine's hostname, passed to Nix as data. Required.
     pub hostname: *const c_char,
-    /// Whether git submodules are part of the source.
-    pub submodules: bool,
+    /// Nonzero: git submodules are part of the source. A byte rather than a bool, so
+    /// that every value C may store in it is valid (any nonzero byte means true); a C
+    /// `bool` stored there (0 or 1, the same size) reads the same.
+    pub submodules: u8,
     /// Evaluation timeout in milliseconds; 0: 30 minutes.
     pub eval_timeout_ms: u64,
     /// Build timeout in milliseconds; 0: 30 minutes.
@@ -121,7 +123,7 @@ pub(crate) unsafe fn read_config(config: &genbuild_config) -> Result<Parts, Fail
     if let Some(attr) = unsafe { opt_str_arg(config.system_attr, "config->system_attr") }? {
         builder_config.system_attr = attr.to_string();
     }
-    builder_config.submodules = config.submodules;
+    builder_config.submodules = config.submodules != 0;
     builder_config.eval_timeout = millis_or(config.eval_timeout_ms, builder_config.eval_timeout);
     builder_config.build_timeout = millis_or(config.build_timeout_ms, builder_config.build_timeout);
     builder_config.process.kill_grace = millis_or(config.kill_grace_ms, builder_config.process.kill_grace);
@@ -164,7 +166,7 @@ pub(crate) fn test_config() -> genbuild_config {
         repository_subdir: std::ptr::null(),
         system_attr: std::ptr::null(),
         hostname: c"h".as_ptr(),
-        submodules: false,
+        submodules: 0,
         eval_timeout_ms: 0,
         build_timeout_ms: 0,
         kill_grace_ms: 0,
@@ -258,5 +260,18 @@ mod tests {
         assert_eq!(f.message, "config->repository_path is NULL");
         let f = failure(&genbuild_config { hostname: c"\xff".as_ptr(), ..config() });
         assert_eq!(f.code, genbuild_result::InvalidArgument);
+    }
+
+    /// A C `bool` is one byte holding 0 or 1, but C code may store any byte: every one
+    /// is a valid `submodules` (a Rust `bool` holding 2 was undefined behaviour).
+    #[test]
+    fn any_nonzero_submodules_byte_means_true() {
+        for (byte, expected) in [(0, false), (1, true), (2, true), (0xff, true)] {
+            // SAFETY: static strings, no arrays.
+            let parts =
+                unsafe { read_config(&genbuild_config { submodules: byte, ..config() }) }.ok().unwrap();
+            assert_eq!(parts.config.submodules, expected, "{byte}");
+        }
+        assert_eq!(std::mem::size_of::<u8>(), std::mem::size_of::<bool>());
     }
 }
