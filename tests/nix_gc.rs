@@ -21,6 +21,22 @@ fn gc() {
     assert!(out.status.success(), "nix-store --gc: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Removes every root `owner` keeps in `env` (as its builder does once its generations
+/// are gone).
+fn release_roots(kind: Kind, env: &Env, owner: &str) {
+    let executor = kind.executor(env.options());
+    let mut release = Job::new(
+        move |ctx: &JobContext| {
+            executor.release_unused(&[], ctx);
+            Ok(())
+        },
+        Duration::from_secs(60),
+    )
+    .with_gc_root_owner(owner);
+    release.start();
+    release.wait();
+}
+
 fn system(kind: Kind, name: &str) -> Repo {
     let repo = Repo::new();
     let toplevel = drv(name, &nonce(), "echo > $out", &kind.current_system());
@@ -46,17 +62,7 @@ fn roots_protect_drv_and_output_until_released() {
         gc();
         assert!(valid(&g.out_path), "{kind:?}: the output was collected");
 
-        let executor = kind.executor(env.options());
-        let mut release = Job::new(
-            move |ctx: &JobContext| {
-                executor.release_unused(&[], ctx);
-                Ok(())
-            },
-            Duration::from_secs(60),
-        )
-        .with_gc_root_owner(h.store.id());
-        release.start();
-        release.wait();
+        release_roots(kind, &env, h.store.id());
         assert!(env.roots_of(&h.store).is_empty(), "{:?}", env.roots_of(&h.store));
         gc();
         assert!(
@@ -163,17 +169,7 @@ fn a_root_made_while_a_collection_runs_waits_for_it_and_then_protects_its_path()
             let deleted = Command::new("nix-store").args(["--delete", path]).output().unwrap();
             assert!(!deleted.status.success() && valid(path), "{kind:?}: {path} was not protected");
         }
-        let executor = kind.executor(env.options());
-        let mut release = Job::new(
-            move |ctx: &JobContext| {
-                executor.release_unused(&[], ctx);
-                Ok(())
-            },
-            NIX_HANG,
-        )
-        .with_gc_root_owner(store.id());
-        release.start();
-        release.wait();
+        release_roots(kind, &env, store.id());
         for path in [&out_path, &drv_path] {
             let deleted = Command::new("nix-store").args(["--delete", path]).output().unwrap();
             assert!(deleted.status.success(), "{kind:?}: {}", String::from_utf8_lossy(&deleted.stderr));

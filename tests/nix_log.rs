@@ -15,6 +15,21 @@ fn log_lines(h: &Harness) -> Vec<(String, String)> {
     lines.collect()
 }
 
+/// A legacy system whose build runs `script` and fails, evaluated and built: the
+/// harness (its events kept), the failed generation, the nonce.
+fn failed_build(script: &str) -> (Harness, genbuild::proto::Generation, String) {
+    let (kind, env, repo, n) = (Kind::Legacy, Env::new(), Repo::new(), nonce());
+    repo.write(kind.file(), &kind.expression("h", &n, script, None));
+    let commit = repo.commit();
+    let h = Harness::of(kind, &env, &repo, "h");
+    let g = h.eval(&commit);
+    assert_eq!(g.eval_status, "evaluated", "{}", g.eval_err);
+    let g = h.build(&g.uuid);
+    assert_eq!(g.build_status, "failed");
+    assert_no_process(&n);
+    (h, g, n)
+}
+
 /// The line reached Nix's log as one `@nix` JSON line of about 70 KB, which the pipe
 /// reader hands in pieces: it used to be logged as raw JSON fragments, without its
 /// derivation.
@@ -23,15 +38,9 @@ fn a_build_line_longer_than_64_kib_is_logged_whole_with_its_derivation() {
     if !nix_or_skip() {
         return;
     }
-    let (kind, env, repo, n) = (Kind::Legacy, Env::new(), Repo::new(), nonce());
-    let script = "printf 'LINE-START'; i=0; while [ $i -lt 7000 ]; do printf xxxxxxxxxx; i=$((i+1)); done; echo MARKER-END; echo short-last-line; exit 1";
-    repo.write(kind.file(), &kind.expression("h", &n, script, None));
-    let commit = repo.commit();
-    let h = Harness::of(kind, &env, &repo, "h");
-    let g = h.eval(&commit);
-    assert_eq!(g.eval_status, "evaluated", "{}", g.eval_err);
-    let g = h.build(&g.uuid);
-    assert_eq!(g.build_status, "failed");
+    let (h, g, _) = failed_build(
+        "printf 'LINE-START'; i=0; while [ $i -lt 7000 ]; do printf xxxxxxxxxx; i=$((i+1)); done; echo MARKER-END; echo short-last-line; exit 1",
+    );
     let lines = log_lines(&h);
     let long: Vec<&(String, String)> = lines.iter().filter(|(l, _)| l.contains("MARKER-END")).collect();
     assert_eq!(long.len(), 1, "{:?}", lines.iter().map(|(l, _)| &l[..l.len().min(80)]).collect::<Vec<_>>());
@@ -39,7 +48,6 @@ fn a_build_line_longer_than_64_kib_is_logged_whole_with_its_derivation() {
     assert_eq!((long[0].0.as_str(), long[0].1.as_str()), (expected.as_str(), g.drv_path.as_str()));
     assert!(!lines.iter().any(|(l, _)| l.contains("@nix") || l.contains("\"action\"")), "raw JSON logged");
     assert!(g.build_err.ends_with("MARKER-END\nshort-last-line"), "{}", g.build_err);
-    assert_no_process(&n);
 }
 
 /// An evaluation error longer than 64 KiB used to vanish from `eval_err`, raw JSON in
@@ -71,17 +79,10 @@ fn a_long_last_build_line_leaves_the_failure_its_last_lines() {
     if !nix_or_skip() {
         return;
     }
-    let (kind, env, repo, n) = (Kind::Legacy, Env::new(), Repo::new(), nonce());
-    let script = "echo 'compiling foo.c'; echo 'foo.c:1: error: something broke'; i=0; while [ $i -lt 500 ]; do printf 'gcc-arg-%04d ' $i; i=$((i+1)); done; echo; exit 1";
-    repo.write(kind.file(), &kind.expression("h", &n, script, None));
-    let commit = repo.commit();
-    let h = Harness::of(kind, &env, &repo, "h");
-    let g = h.eval(&commit);
-    assert_eq!(g.eval_status, "evaluated", "{}", g.eval_err);
-    let g = h.build(&g.uuid);
-    assert_eq!(g.build_status, "failed");
+    let (_, g, _) = failed_build(
+        "echo 'compiling foo.c'; echo 'foo.c:1: error: something broke'; i=0; while [ $i -lt 500 ]; do printf 'gcc-arg-%04d ' $i; i=$((i+1)); done; echo; exit 1",
+    );
     let err = &g.build_err;
     assert!(err.contains("compiling foo.c\nfoo.c:1: error: something broke\n"), "{err}");
     assert!(err.contains("gcc-arg-0499"), "{err}");
-    assert_no_process(&n);
 }
