@@ -165,13 +165,23 @@ impl NixLog {
                 self.feed_line("a Nix log line of more than 4 MiB was cut", emit);
             }
             // Not Nix's JSON after all: the pieces as they came.
-            _ => {
-                let mut start = 0;
-                for end in ends {
-                    self.feed_line(&line[start..end], emit);
-                    start = end;
-                }
-            }
+            _ => self.feed_pieces(&line, &ends, emit),
+        }
+    }
+
+    /// The command's stderr ended: a line still held (its last piece was as long as a
+    /// cut one) is logged in its pieces.
+    pub(crate) fn finish(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
+        if let Some((line, ends)) = self.held.take() {
+            self.feed_pieces(&line, &ends, emit);
+        }
+    }
+
+    fn feed_pieces(&mut self, line: &str, ends: &[usize], emit: &mut dyn FnMut(Event<'_>)) {
+        let mut start = 0;
+        for &end in ends {
+            self.feed_line(&line[start..end], emit);
+            start = end;
         }
     }
 

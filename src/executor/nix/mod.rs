@@ -171,18 +171,18 @@ impl Core {
     /// messages and the failing derivation's last lines, not Nix's raw log.
     fn run(&self, ctx: &JobContext, cmd: Command) -> Result<CommandOutput, JobError> {
         let mut nix_log = log::NixLog::new();
+        let mut emit = |event: log::Event<'_>| match event {
+            log::Event::Line { drv_path: Some(drv), text } => ctx.log_derivation(Stream::Stderr, drv, text),
+            log::Event::Line { drv_path: None, text } => ctx.log(Stream::Stderr, text),
+            log::Event::Progress(progress) => ctx.progress(progress.clone()),
+        };
         let result = ctx.run_with(cmd, &mut |stream, line| {
             // Stdout is the command's answer (collected), stderr its log.
             if stream == Stream::Stderr {
-                nix_log.feed(line, &mut |event| match event {
-                    log::Event::Line { drv_path: Some(drv), text } => {
-                        ctx.log_derivation(Stream::Stderr, drv, text)
-                    }
-                    log::Event::Line { drv_path: None, text } => ctx.log(Stream::Stderr, text),
-                    log::Event::Progress(progress) => ctx.progress(progress.clone()),
-                });
+                nix_log.feed(line, &mut emit);
             }
         });
+        nix_log.finish(&mut emit);
         result.map_err(|e| match e {
             JobError::Command(mut failure) => {
                 failure.stderr_tail = nix_log.failure().trim().to_string();

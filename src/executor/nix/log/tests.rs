@@ -425,6 +425,24 @@ fn a_nix_line_of_more_than_4_mib_becomes_a_notice() {
     assert_eq!(seen.lines[2].0.as_deref(), Some("/nix/store/x-big.drv"));
 }
 
+/// A command whose stderr ends in the middle of a long `@nix` line (its last piece as
+/// long as a cut one) loses none of it: the pieces are logged as they came.
+#[test]
+fn a_long_nix_line_cut_by_the_end_of_stderr_is_logged_in_its_pieces() {
+    let line = format!("@nix {{\"action\":\"msg\",\"msg\":\"{}", "m".repeat(2 * MAX_LINE));
+    let cut = &line[..2 * MAX_LINE];
+    let (mut parser, mut seen) = (NixLog::new(), Seen::default());
+    feed_pieces(&mut parser, &mut seen, &[cut.to_string()]);
+    assert!(seen.lines.is_empty(), "held until the line ends");
+    parser.finish(&mut |event| {
+        if let Event::Line { text, .. } = event {
+            seen.lines.push((None, text.to_string()));
+        }
+    });
+    let texts: Vec<&str> = seen.lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, pieces(cut));
+}
+
 /// Long lines that are not Nix's JSON pass through in their pieces, as before.
 #[test]
 fn long_lines_that_are_not_nix_json_pass_through_in_pieces() {
