@@ -157,6 +157,35 @@ impl JobContext {
         self.cancel.is_cancelled()
     }
 
+    /// `Ok` while the job may go on; otherwise the error its next command would get:
+    /// [`JobError::Cancelled`] with the reason, or [`JobError::TimedOut`] once past the
+    /// deadline. For work between commands that waits or loops on its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genbuild::{Job, JobContext, JobError};
+    ///
+    /// let mut job = Job::new(
+    ///     |ctx: &JobContext| loop {
+    ///         ctx.check()?; // some work of its own, a piece at a time
+    ///         std::thread::yield_now();
+    ///     },
+    ///     Duration::from_millis(50),
+    /// );
+    /// job.start();
+    /// job.wait();
+    /// assert_eq!(job.error(), Some(&JobError::TimedOut(Duration::from_millis(50))));
+    /// ```
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.cancel.error());
+        }
+        if Instant::now() >= self.deadline {
+            return Err(JobError::TimedOut(self.timeout));
+        }
+        Ok(())
+    }
+
     /// When the job times out.
     pub fn deadline(&self) -> Instant {
         self.deadline

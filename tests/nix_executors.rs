@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::nix::*;
-use genbuild::{proto, EvalOutput, Executor, Job, JobContext, BUILD_REASON_ALREADY_BUILT};
+use genbuild::{proto, EvalOutput, Executor, BUILD_REASON_ALREADY_BUILT};
 
 /// Runs `test` for each executor kind, when Nix is there.
 fn for_each_kind(test: impl Fn(Kind)) {
@@ -423,23 +423,6 @@ fn stop_and_a_new_eval_end_a_build_and_its_builder() {
         h.builder.stop();
         assert_no_process(&n);
     });
-}
-
-/// Runs `f` in a job whose gc roots belong to `owner`, returning what it returns.
-fn in_job<T: Send + 'static>(owner: &str, f: impl FnOnce(&JobContext) -> T + Send + 'static) -> T {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let mut f = Some(f);
-    let mut job = Job::new(
-        move |ctx: &JobContext| {
-            let _ = tx.send((f.take().expect("run once"))(ctx));
-            Ok(())
-        },
-        NIX_HANG,
-    )
-    .with_gc_root_owner(owner);
-    job.start();
-    job.wait();
-    rx.try_recv().expect("the job ran")
 }
 
 #[test]

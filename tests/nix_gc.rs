@@ -7,7 +7,6 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::nix::*;
 use genbuild::{EvalOutput, Job, JobContext, JobOutput, LogSink, Store};
@@ -25,16 +24,7 @@ fn gc() {
 /// are gone).
 fn release_roots(kind: Kind, env: &Env, owner: &str) {
     let executor = kind.executor(env.options());
-    let mut release = Job::new(
-        move |ctx: &JobContext| {
-            executor.release_unused(&[], ctx);
-            Ok(())
-        },
-        Duration::from_secs(60),
-    )
-    .with_gc_root_owner(owner);
-    release.start();
-    release.wait();
+    in_job(owner, move |ctx| executor.release_unused(&[], ctx));
 }
 
 fn system(kind: Kind, name: &str) -> Repo {

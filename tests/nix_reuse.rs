@@ -6,12 +6,11 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::nix::*;
 use common::nix_shim::NixShim;
 use genbuild::proto::RepositoryStatus;
-use genbuild::{Executor, FlakeExecutor, Job, JobContext, NixExecutor, NixOptions, Store};
+use genbuild::{Executor, FlakeExecutor, NixExecutor, NixOptions, Store};
 
 /// A flake with two hosts, `h1` and `h2`, whose systems differ.
 fn two_hosts(repo: &Repo, n: &str) -> String {
@@ -110,16 +109,7 @@ fn a_flake_commit_is_reused_on_another_branch_and_after_a_restart_not_for_anothe
 /// are gone).
 fn release_roots(env: &Env, shim: &NixShim, owner: &str) {
     let executor = FlakeExecutor::new(options(env, shim));
-    let mut job = Job::new(
-        move |ctx: &JobContext| {
-            executor.release_unused(&[], ctx);
-            Ok(())
-        },
-        Duration::from_secs(60),
-    )
-    .with_gc_root_owner(owner);
-    job.start();
-    job.wait();
+    in_job(owner, move |ctx| executor.release_unused(&[], ctx));
 }
 
 fn delete(path: &str) {

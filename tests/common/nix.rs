@@ -13,7 +13,9 @@ use crossbeam_channel::Receiver;
 use super::HANG;
 #[allow(unused_imports)] // not every test binary uses all of them
 pub use super::{assert_no_process, nonce, processes_with, rs};
-use genbuild::{proto, Builder, BuilderConfig, Executor, FlakeExecutor, NixExecutor, NixOptions, Store};
+use genbuild::{
+    proto, Builder, BuilderConfig, Executor, FlakeExecutor, Job, JobContext, NixExecutor, NixOptions, Store,
+};
 
 /// Bound on waits for Nix (slower than the shell scripts [`HANG`] is made for).
 pub const NIX_HANG: Duration = Duration::from_secs(HANG.as_secs() * 6);
@@ -372,4 +374,21 @@ pub fn nix_config(hostname: &str, repo: &Path, system_attr: &str) -> BuilderConf
 /// Whether the store holds `path` (asked of Nix, like the executors do).
 pub fn valid(path: &str) -> bool {
     Command::new("nix-store").args(["--check-validity", path]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Runs `f` in a job whose gc roots belong to `owner`, returning what it returns.
+pub fn in_job<T: Send + 'static>(owner: &str, f: impl FnOnce(&JobContext) -> T + Send + 'static) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut f = Some(f);
+    let mut job = Job::new(
+        move |ctx: &JobContext| {
+            let _ = tx.send((f.take().expect("run once"))(ctx));
+            Ok(())
+        },
+        NIX_HANG,
+    )
+    .with_gc_root_owner(owner);
+    job.start();
+    job.wait();
+    rx.try_recv().expect("the job ran")
 }

@@ -51,7 +51,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -240,9 +239,7 @@ impl Roots {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return unusable(&e),
             }
-            if ctx.is_cancelled() || Instant::now() >= ctx.deadline() {
-                return Err(interrupted(ctx));
-            }
+            ctx.check()?;
             if !std::mem::replace(&mut told, true) {
                 ctx.log(
                     Stream::Stderr,
@@ -353,15 +350,6 @@ fn owner_name(owner: &str) -> Result<&str, JobError> {
         Err(JobError::Failed(format!(
             "invalid gc root owner {owner:?}: it must be a file name not starting with a dot"
         )))
-    }
-}
-
-/// The error of a job that was cancelled or is past its deadline: what its next
-/// command gets ([`JobContext::run`] starts none then, and says why).
-fn interrupted(ctx: &JobContext) -> JobError {
-    match ctx.run_with(Command::new("true"), &mut |_, _| {}) {
-        Err(e) => e,
-        Ok(_) => JobError::Cancelled(None),
     }
 }
 
