@@ -197,7 +197,7 @@ impl Core {
         if let Some(version) = self.version.get() {
             return Ok(*version);
         }
-        let output = self.run(ctx, self.command("nix", ["--version"]))?;
+        let output = ctx.run_query(self.command("nix", ["--version"]), &mut |_, _| {})?;
         self.remember_version(&output.stdout)
     }
 
@@ -293,7 +293,7 @@ impl Core {
             return Ok(false);
         }
         let cmd = self.command("nix-store", ["--check-validity", path]);
-        match ctx.run_with(cmd, &mut |_, _| {}) {
+        match ctx.run_query(cmd, &mut |_, _| {}) {
             Ok(_) => Ok(true),
             Err(JobError::Command(CommandFailure { exit: Exit::Code(_), .. })) => Ok(false),
             Err(e) => Err(e),
