@@ -23,12 +23,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::poll::{poll_until, Polled};
 use super::{deadline_after, Containment};
+
+/// How long [`Cgroup::kill_until_empty`] waits after each kill before killing again.
+const KILL_ROUND: Duration = Duration::from_millis(100);
 
 /// A command's own cgroup, from its creation to its removal.
 pub(super) struct Cgroup {
@@ -209,6 +212,33 @@ impl Cgroup {
         self.wait_empty_watching(&pidfds, limit)
     }
 
+    /// Kills what is listed in the cgroup round after round until it is empty or `limit`
+    /// passed; whether it is. One kill does not reach a process that came in after it:
+    /// moved in by root, or forked while `cgroup.kill` ran (Linux 6.18 let a shell's
+    /// `sleep` through once in a few thousand kills timed like that). Killing a process
+    /// that is already dying changes nothing, so the rounds cost nothing in the common
+    /// case, where the first wait ends in microseconds.
+    pub(super) fn kill_until_empty(&self, limit: Duration) -> bool {
+        let deadline = deadline_after(limit);
+        loop {
+            let round = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(KILL_ROUND),
+                None => KILL_ROUND,
+            };
+            if self.wait_empty(round) {
+                return true;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
+            }
+            if let Err(e) = self.kill() {
+                log::warn!("cannot kill cgroup {} again ({e})", self.dir.display());
+                let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+                return self.wait_empty(left);
+            }
+        }
+    }
+
     /// [`wait_empty`](Cgroup::wait_empty), with the pidfds of what was listed.
     fn wait_empty_watching(&self, pidfds: &[OwnedFd], limit: Duration) -> bool {
         use rustix::event::{PollFd, PollFlags};
@@ -286,7 +316,7 @@ impl Drop for Cgroup {
                 log::warn!("cannot kill the processes of cgroup {} ({e}); left in place", self.dir.display());
                 return;
             }
-            if !self.wait_empty(super::wait::REAP_LIMIT) {
+            if !self.kill_until_empty(super::wait::REAP_LIMIT) {
                 log::warn!("cgroup {} is still populated after SIGKILL; left in place", self.dir.display());
                 return;
             }
@@ -581,6 +611,28 @@ mod tests {
         inside.wait().unwrap();
         assert!(empty && took < Duration::from_secs(10), "empty: {empty} after {took:?}");
         assert!(stranger_alive);
+        cgroup.remove().unwrap();
+    }
+
+    /// A process that comes into the cgroup after its kill (here moved in; in the wild
+    /// also forked while `cgroup.kill` ran) is killed by the next round, not waited for
+    /// until the limit.
+    #[test]
+    fn a_process_that_comes_in_after_the_kill_is_killed_by_the_next_round() {
+        let Some((cgroup, mut inside)) = spawned_in_a_cgroup("sleep", &["30"]) else { return };
+        cgroup.kill().unwrap();
+        let mut late = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        fs::write(cgroup.dir().join("cgroup.procs"), late.id().to_string()).unwrap();
+        let started = std::time::Instant::now();
+        let empty = cgroup.kill_until_empty(Duration::from_secs(20));
+        let took = started.elapsed();
+        let late_alive = late.try_wait().unwrap().is_none();
+        let _ = late.kill();
+        let late_status = late.wait().unwrap();
+        inside.wait().unwrap();
+        assert!(empty && took < Duration::from_secs(10), "empty: {empty} after {took:?}");
+        assert!(!late_alive);
+        assert_eq!(late_status.signal(), Some(9));
         cgroup.remove().unwrap();
     }
 

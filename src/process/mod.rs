@@ -10,6 +10,8 @@
 //!   exists, every command runs in a child cgroup of its own, entered by the child
 //!   before `exec`; killing the cgroup (`cgroup.kill`) reaches every process in it,
 //!   also those that called `setsid`, double-forked or were re-parented to init.
+//!   The kill is repeated every 100 ms until the cgroup is empty: one kill misses a
+//!   process that comes in after it (a fork racing with `cgroup.kill`).
 //!   Elsewhere the command's process group and the descendants found by walking
 //!   `/proc` are what can be reached, listed *before* the first signal (a builder whose
 //!   parent died is re-parented and lost to a later walk), and again from every member

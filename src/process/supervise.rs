@@ -123,8 +123,8 @@ impl Supervisor<'_, '_> {
         }
         self.kill_everything();
         let status = self.reap();
-        let stuck =
-            status.is_none() || self.cgroup.as_ref().is_some_and(|cgroup| !cgroup.wait_empty(REAP_LIMIT));
+        let stuck = status.is_none()
+            || self.cgroup.as_ref().is_some_and(|cgroup| !cgroup.kill_until_empty(REAP_LIMIT));
         self.drain();
         let (child, cgroup) = (self.child.take(), self.cgroup.take());
         if stuck {
