@@ -221,10 +221,8 @@ impl Cgroup {
     pub(super) fn kill_until_empty(&self, limit: Duration) -> bool {
         let deadline = deadline_after(limit);
         loop {
-            let round = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(KILL_ROUND),
-                None => KILL_ROUND,
-            };
+            let round =
+                deadline.map_or(KILL_ROUND, |d| d.saturating_duration_since(Instant::now()).min(KILL_ROUND));
             if self.wait_empty(round) {
                 return true;
             }
