@@ -936,33 +936,9 @@ fn a_build_submitted_while_stop_waits_ends_with_the_stop() {
     assert_no_process(&executor.nonce);
 }
 
-/// The library's warnings in this test binary.
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct CaptureWarnings;
-
-impl log::Log for CaptureWarnings {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            WARNINGS.lock().push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 /// The warnings logged so far that name `store`.
 fn warnings_about(store: &Store) -> Vec<String> {
-    static CAPTURE: std::sync::Once = std::sync::Once::new();
-    CAPTURE.call_once(|| {
-        log::set_logger(&CaptureWarnings).expect("the only logger of this binary");
-        log::set_max_level(log::LevelFilter::Warn);
-    });
-    WARNINGS.lock().iter().filter(|w| w.contains(store.id())).cloned().collect()
+    warnings().iter().filter(|w| w.contains(store.id())).cloned().collect()
 }
 
 /// The store's rules are store-wide and its id owns the gc roots: builders over one

@@ -20,23 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use genbuild::{CancelReason, Containment, Job, JobContext, JobError, ProcessOptions, WaitStrategy};
-use parking_lot::Mutex;
-
-static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            LOGGED.lock().push(record.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
 
 /// A writable cgroup v1 freezer hierarchy, from /proc/self/mountinfo.
 fn freezer() -> Option<PathBuf> {
@@ -92,8 +75,6 @@ fn a_process_that_sigkill_cannot_end_is_handed_to_a_reaper_and_stop_returns() {
         eprintln!("skipped: no writable cgroup v1 freezer here to hold a process after SIGKILL");
         return;
     };
-    log::set_logger(&Capture).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
     let mut runs = vec![
         (Containment::ProcessTree, WaitStrategy::Pidfd),
         (Containment::ProcessTree, WaitStrategy::Portable),
@@ -104,7 +85,7 @@ fn a_process_that_sigkill_cannot_end_is_handed_to_a_reaper_and_stop_returns() {
     }
     for (containment, wait) in runs {
         eprintln!("containment: {containment:?} ({wait:?})");
-        LOGGED.lock().clear();
+        warnings().clear();
         let n = nonce();
         let mut options = ProcessOptions::default();
         options.containment = containment.clone();
@@ -138,7 +119,7 @@ fn a_process_that_sigkill_cannot_end_is_handed_to_a_reaper_and_stop_returns() {
             "{containment:?}: stop() took {took:?}"
         );
         assert_eq!(processes_with(&n), [pid], "the frozen process is still there, killed but not dead");
-        let logged = LOGGED.lock().join("\n");
+        let logged = warnings().join("\n");
         assert!(logged.contains("did not exit within") && logged.contains("reaper thread"), "{logged}");
 
         frozen.thaw();

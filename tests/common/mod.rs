@@ -17,7 +17,7 @@ use crossbeam_channel::Receiver;
 use genbuild::{
     proto, Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, Store,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Bound on any wait that only guards against hangs.
 pub const HANG: Duration = Duration::from_secs(20);
@@ -331,4 +331,28 @@ pub fn wait_for_log(events: &Receiver<proto::Event>, text: &str, bound: Duration
             }
         }
     }
+}
+
+/// The library's warnings logged in this test binary so far. The first call installs
+/// the logger that captures them, the binary's only one.
+pub fn warnings() -> MutexGuard<'static, Vec<String>> {
+    static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    struct Capture;
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                WARNINGS.lock().push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&Capture).expect("the only logger of this binary");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    WARNINGS.lock()
 }
