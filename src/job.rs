@@ -113,6 +113,13 @@ impl JobContext {
     /// gives [`JobError::Command`] naming the command, its status and the last lines of
     /// its stderr. In a program that ignores SIGCHLD, no command is started: see
     /// [`ProcessOptions`].
+    ///
+    /// In a cgroup, genbuild starts the command itself, the way `posix_spawn` does, so
+    /// that it enters the cgroup before `exec` without the cost of a `fork`: the
+    /// program (looked up along the command's own `PATH`), arguments, environment
+    /// (`env`, `env_remove`, `env_clear`) and working directory are honoured,
+    /// `pre_exec` hooks are not run. A command with a `uid`, `gid`, `groups` or `arg0`
+    /// is started by std instead (with a `fork`).
     pub fn run(&self, cmd: Command) -> Result<CommandOutput, JobError> {
         self.run_with(cmd, &mut |stream, line| self.log(stream, line))
     }
@@ -139,8 +146,8 @@ impl JobContext {
     /// [`run_with`](JobContext::run_with) for a short query that starts no process of
     /// its own (`nix-store --check-validity`, `nix --version`). Under
     /// [`Containment::Auto`] its process tree contains it, which spares it a cgroup of
-    /// its own and what that costs (a `fork` instead of `posix_spawn`, and the kernel's
-    /// cgroup migration, about 10 ms after a quiet spell); it is stopped as any command.
+    /// its own and what that costs (its creation and removal, and the kernel's cgroup
+    /// migration, up to milliseconds after a quiet spell); it is stopped as any command.
     pub(crate) fn run_query(
         &self,
         cmd: Command,

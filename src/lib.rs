@@ -191,9 +191,9 @@
 //! * **SIGCHLD must not be ignored.** genbuild reaps its own commands, after killing
 //!   what they left behind. A program that sets SIGCHLD to `SIG_IGN` (as C daemons
 //!   often do) or uses `SA_NOCLDWAIT` lets the kernel reap them first: exit statuses
-//!   are lost and process group ids are no longer reserved. Where `SIG_IGN` can be seen
-//!   (Linux), commands are not started and fail with a [`JobError::Failed`] that says
-//!   so; see [`ProcessOptions`].
+//!   are lost and process group ids are no longer reserved. Commands are then not
+//!   started and fail with a [`JobError::Failed`] that says so; see
+//!   [`ProcessOptions`].
 //!
 //! # Layers, one direction
 //!

@@ -2,8 +2,8 @@
 //! `setsid`, double fork or re-parenting escapes.
 //!
 //! The cgroup is created before the spawn and entered by the child itself, between
-//! `fork` and `exec` (it writes "0" to a `cgroup.procs` opened beforehand), so not even
-//! the command's first instruction runs outside it. Killing writes "1" to `cgroup.kill`
+//! `clone` and `exec` ([`super::spawn`]; it writes "0" to a `cgroup.procs` opened
+//! beforehand), so not even the command's first instruction runs outside it. Killing writes "1" to `cgroup.kill`
 //! (Linux ≥ 5.14), or, on older kernels, freezes the cgroup (`cgroup.freeze`, Linux ≥
 //! 5.2), SIGKILLs every pid listed in it and thaws it. Kernels 4.5 to 5.1 have cgroup v2
 //! but neither file: a cgroup there cannot kill a `setsid` daemon, so it is not used
@@ -45,9 +45,9 @@ pub(super) struct Cgroup {
     removed: bool,
 }
 
-/// What the child runs between `fork` and `exec` to enter the cgroup: a `write(2)` of
-/// "0" to the `cgroup.procs` opened by the parent. Disabled (fd -1) for a retry
-/// outside any cgroup.
+/// What a child started by std (commands [`super::spawn`] leaves to std) runs between
+/// `fork` and `exec` to enter the cgroup: a `write(2)` of "0" to the `cgroup.procs`
+/// opened by the parent. Disabled (fd -1) for a retry outside any cgroup.
 #[derive(Clone)]
 pub(super) struct Entry(Arc<AtomicI32>);
 
@@ -158,6 +158,11 @@ impl Cgroup {
     /// The hook a child runs to enter this cgroup.
     pub(super) fn entry(&self) -> Entry {
         self.entry.clone()
+    }
+
+    /// Its `cgroup.procs`, open for writing until the child has entered.
+    pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
+        self.procs.as_ref().map(AsFd::as_fd)
     }
 
     /// The child is in: `cgroup.procs` is no longer needed.
@@ -381,7 +386,7 @@ fn pids_below(dir: &Path) -> Vec<i32> {
 
 /// This process's own cgroup v2 directory, when the hierarchy is mounted; looked up
 /// once.
-fn auto_parent() -> Option<&'static Path> {
+pub(super) fn auto_parent() -> Option<&'static Path> {
     static PARENT: OnceLock<Option<PathBuf>> = OnceLock::new();
     PARENT
         .get_or_init(|| {

@@ -38,6 +38,7 @@
 mod cgroup;
 pub(crate) mod pipes;
 mod poll;
+mod spawn;
 mod supervise;
 mod tree;
 mod wait;
@@ -45,7 +46,7 @@ mod wake;
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,11 +126,10 @@ pub enum Containment {
 /// be reused). An embedding program that sets SIGCHLD to `SIG_IGN` (common in C
 /// daemons), or installs a handler with `SA_NOCLDWAIT`, has its children reaped by the
 /// kernel the moment they exit: exit statuses are lost ("cannot reap …: No child
-/// processes") and the group id is no longer reserved. On Linux, `SIG_IGN` is seen
-/// (`/proc/self/status`) and a job's commands are then not started: they fail with
-/// [`JobError::Failed`] saying so. `SA_NOCLDWAIT` cannot be seen. A handler of the
-/// program's own is fine, as long as it does not reap children it did not start
-/// (`waitpid(-1, …)`).
+/// processes") and the group id is no longer reserved. Both are seen (`sigaction`) and
+/// a job's commands are then not started: they fail with [`JobError::Failed`] saying
+/// so. A handler of the program's own is fine, as long as it does not reap children
+/// it did not start (`waitpid(-1, …)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProcessOptions {
@@ -235,28 +235,57 @@ pub(crate) fn run(
         return Err(JobError::TimedOut(limits.timeout));
     }
     let description = describe(&cmd);
-    if wait::sigchld_ignored() {
-        return Err(JobError::Failed(format!("cannot run `{description}`: {}", wait::SIGCHLD_IGNORED)));
+    if let Some(why) = wait::sigchld_unusable() {
+        return Err(JobError::Failed(format!("cannot run `{description}`: {why}")));
     }
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (child, cgroup) = spawn(&mut cmd, &limits.options.containment, &description)?;
+    let (child, cgroup) = spawn(&mut cmd, limits.options, &description)?;
     supervise::supervise(child, cgroup, limits, on_line, description)
 }
 
-/// Spawns `cmd` inside a fresh cgroup when `containment` asks for one; under
+/// Spawns `cmd` inside a cgroup of its own when `options` ask for one; under
 /// [`Containment::Auto`], a cgroup that cannot be created or entered falls back to the
 /// process tree for this command.
 fn spawn(
     cmd: &mut Command,
-    containment: &Containment,
+    options: &ProcessOptions,
     description: &str,
-) -> Result<(Child, Option<cgroup::Cgroup>), JobError> {
+) -> Result<(spawn::Child, Option<cgroup::Cgroup>), JobError> {
     let cannot_start = |e: std::io::Error| JobError::Failed(format!("cannot start `{description}`: {e}"));
+    let std_spawn =
+        |cmd: &mut Command| cmd.spawn().map(|child| (spawn::Child::Std(child), None)).map_err(cannot_start);
+    let containment = &options.containment;
     let mut cgroup = cgroup::Cgroup::for_command(containment).map_err(JobError::Failed)?;
     let Some(group) = cgroup.as_mut() else {
         log::debug!("`{description}`: contained by its process tree");
-        return cmd.spawn().map(|child| (child, None)).map_err(cannot_start);
+        return std_spawn(cmd);
     };
+    let contained = |child: spawn::Child, group: &cgroup::Cgroup| {
+        log::debug!("`{description}`: pid {} contained by cgroup {}", child.pid(), group.dir().display());
+        child
+    };
+    if let (WaitStrategy::Pidfd, Some(procs)) = (options.wait, group.procs()) {
+        match spawn::clone_into_cgroup(cmd, procs) {
+            Ok(child) => {
+                group.spawned();
+                let child = contained(child, group);
+                return Ok((child, cgroup));
+            }
+            Err(spawn::CloneError::Start(e)) => return Err(cannot_start(e)),
+            Err(spawn::CloneError::Enter(e)) if *containment == Containment::Auto => {
+                log::debug!(
+                    "`{description}` could not enter cgroup {} ({e}); starting it without",
+                    group.dir().display()
+                );
+                drop(cgroup);
+                return std_spawn(cmd);
+            }
+            Err(spawn::CloneError::Enter(e)) => return Err(cannot_start(e)),
+            Err(spawn::CloneError::Unsupported(why)) => {
+                log::debug!("`{description}`: started by std's fork ({why})");
+            }
+        }
+    }
     let entry = group.entry();
     // SAFETY: the hook only calls write(2) on an fd opened before the fork, which is
     // async-signal-safe, and allocates nothing.
@@ -265,7 +294,7 @@ fn spawn(
     match cmd.spawn() {
         Ok(child) => {
             group.spawned();
-            log::debug!("`{description}`: pid {} contained by cgroup {}", child.id(), group.dir().display());
+            let child = contained(spawn::Child::Std(child), group);
             Ok((child, cgroup))
         }
         Err(e) if *containment == Containment::Auto => {
@@ -275,7 +304,7 @@ fn spawn(
             );
             entry.disable();
             drop(cgroup);
-            cmd.spawn().map(|child| (child, None)).map_err(cannot_start)
+            std_spawn(cmd)
         }
         Err(e) => Err(cannot_start(e)),
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -14,6 +14,7 @@ use rustix::process::Signal;
 use super::cgroup::Cgroup;
 use super::pipes::{Output, Pipe, MAX_LINE};
 use super::poll::{poll_until, Polled};
+use super::spawn::Child;
 use super::tree::{self, ProcId};
 use super::wait::{self, ExitWatch, REAP_LIMIT};
 use super::{deadline_after, CommandOutput, Limits, Stream};
@@ -74,18 +75,16 @@ pub(super) fn supervise(
     on_line: &mut dyn FnMut(Stream, &str),
     description: String,
 ) -> Result<CommandOutput, JobError> {
-    let watch = match ExitWatch::new(&child, limits.options.wait) {
+    let watch = match ExitWatch::new(&mut child, limits.options.wait) {
         Ok(watch) => watch,
         Err(e) => {
-            let _ = rustix::process::kill_process_group(wait::pid_of(&child), Signal::KILL);
+            let _ = rustix::process::kill_process_group(child.pid(), Signal::KILL);
             let _ = child.wait();
             return Err(JobError::Failed(format!("cannot watch `{description}` for its exit: {e}")));
         }
     };
-    let pipes = [
-        child.stdout.take().map(|p| Pipe::new(Stream::Stdout, p)),
-        child.stderr.take().map(|p| Pipe::new(Stream::Stderr, p)),
-    ];
+    let [stdout, stderr] = child.take_output();
+    let pipes = [stdout.map(|p| Pipe::new(Stream::Stdout, p)), stderr.map(|p| Pipe::new(Stream::Stderr, p))];
     Supervisor {
         child: Some(child),
         watch,
@@ -141,7 +140,7 @@ impl Supervisor<'_, '_> {
 
     /// Cancel or timeout: SIGTERM to the group, the grace, then SIGKILL to everything.
     fn terminate(&mut self) {
-        let Some(pid) = self.child.as_ref().map(wait::pid_of) else { return };
+        let Some(pid) = self.child.as_ref().map(Child::pid) else { return };
         if self.cgroup.is_none() {
             // Before the first signal: a builder whose parent dies is lost to later walks.
             self.known = tree::descendants(&[tree::proc_id(pid.as_raw_nonzero().get())].into());
@@ -157,7 +156,7 @@ impl Supervisor<'_, '_> {
     /// the group's members, and the group. The leader is not reaped yet, so its group id
     /// is still ours.
     fn kill_everything(&mut self) {
-        let Some(pid) = self.child.as_ref().map(wait::pid_of) else { return };
+        let Some(pid) = self.child.as_ref().map(Child::pid) else { return };
         if let Some(cgroup) = &self.cgroup {
             if cgroup.is_empty() {
                 return;

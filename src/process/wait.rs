@@ -17,15 +17,15 @@
 //! thread and logged, and `stop()` returns instead of blocking for ever.
 
 use std::io;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::process::Pid;
 
 use super::cgroup::Cgroup;
 use super::poll::{poll_until, Polled};
+use super::spawn::Child;
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
 
@@ -44,8 +44,11 @@ pub(super) enum ExitWatch {
 }
 
 impl ExitWatch {
-    pub(super) fn new(child: &Child, strategy: WaitStrategy) -> io::Result<ExitWatch> {
-        let pid = pid_of(child);
+    pub(super) fn new(child: &mut Child, strategy: WaitStrategy) -> io::Result<ExitWatch> {
+        if let Some(pidfd) = child.take_pidfd() {
+            return Ok(ExitWatch::Pidfd { pidfd, exited: false });
+        }
+        let pid = child.pid();
         if strategy == WaitStrategy::Pidfd {
             match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
                 Ok(pidfd) => return Ok(ExitWatch::Pidfd { pidfd, exited: false }),
@@ -107,7 +110,7 @@ impl ExitWatch {
 
     /// Reaps `child` if it exits within `limit`; `None` if it does not.
     pub(super) fn reap(&mut self, child: &mut Child, limit: Duration) -> Option<io::Result<ExitStatus>> {
-        if let ExitWatch::Thread { exited: false, .. } = self {
+        if let (ExitWatch::Thread { exited: false, .. }, Child::Std(child)) = (&self, &mut *child) {
             use wait_timeout::ChildExt;
             return child.wait_timeout(limit).transpose();
         }
@@ -119,7 +122,7 @@ impl ExitWatch {
 /// a detached thread that reaps the child whenever it exits, then empties and removes
 /// the cgroup.
 pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description: &str) {
-    let pid = child.as_ref().map(Child::id);
+    let pid = child.as_ref().map(Child::pid);
     log::warn!(
         "`{description}` (pid {pid:?}) or a process of its cgroup did not exit within {REAP_LIMIT:?} of \
          SIGKILL (uninterruptible sleep?); a reaper thread waits for it"
@@ -153,43 +156,61 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
     }
 }
 
-/// Why no command runs while this process ignores SIGCHLD.
-pub(super) const SIGCHLD_IGNORED: &str = "this process ignores SIGCHLD (SIG_IGN), so the kernel reaps \
-    its children the moment they exit: a command's exit status would be lost, and its process group id \
-    could be reused while its processes are being killed. Restore SIGCHLD's default disposition \
-    (SIG_DFL) before running commands; a handler of your own is fine unless it sets SA_NOCLDWAIT";
-
-/// Whether this process ignores SIGCHLD (`SIG_IGN`, as C daemons often set it), from
-/// the `SigIgn` mask of `/proc/self/status` (Linux; elsewhere this cannot be seen and
-/// is not checked). `SA_NOCLDWAIT` has the same effect and cannot be seen at all.
-pub(super) fn sigchld_ignored() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    ignores(&status, rustix::process::Signal::CHILD.as_raw())
+/// What follows when the kernel reaps this process's children, for both errors below.
+macro_rules! reaped_by_the_kernel {
+    () => {
+        "so the kernel reaps its children the moment they exit: a command's exit status would be lost, \
+         and its process group id could be reused while its processes are being killed"
+    };
 }
 
-/// Whether the `SigIgn` mask of a `/proc/PID/status` text has `signal` (numbered from 1).
-fn ignores(status: &str, signal: i32) -> bool {
-    let mask = status.lines().find_map(|line| line.strip_prefix("SigIgn:"));
-    let mask = mask.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
-    (1..=64).contains(&signal) && mask.is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
-}
+const SIGCHLD_IGNORED: &str = concat!(
+    "this process ignores SIGCHLD (SIG_IGN), ",
+    reaped_by_the_kernel!(),
+    ". Restore SIGCHLD's default disposition (SIG_DFL) before running commands; a handler of your own \
+     is fine unless it sets SA_NOCLDWAIT"
+);
 
-pub(super) fn pid_of(child: &Child) -> Pid {
-    Pid::from_raw(child.id() as i32).expect("a child's pid is positive")
+const SIGCHLD_NOCLDWAIT: &str = concat!(
+    "this process's SIGCHLD handler has SA_NOCLDWAIT, ",
+    reaped_by_the_kernel!(),
+    ". Install it without SA_NOCLDWAIT (or restore SIG_DFL) before running commands"
+);
+
+/// Why no command runs, when this process lets the kernel reap its children (SIGCHLD
+/// set to `SIG_IGN`, as C daemons often do, or a handler with `SA_NOCLDWAIT`); `None`
+/// when it does not. One `sigaction` query per command.
+pub(super) fn sigchld_unusable() -> Option<&'static str> {
+    // SAFETY: a query: no action is installed.
+    let current = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) != 0 {
+            return None;
+        }
+        current
+    };
+    if current.sa_sigaction == libc::SIG_IGN {
+        Some(SIGCHLD_IGNORED)
+    } else if current.sa_flags & libc::SA_NOCLDWAIT != 0 {
+        Some(SIGCHLD_NOCLDWAIT)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::process::Pid;
     use std::process::Command;
     use std::time::Instant;
 
-    fn alive(pid: u32) -> bool {
+    fn alive(pid: Pid) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
     }
 
-    fn gone(pid: u32) -> bool {
+    fn gone(pid: Pid) -> bool {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     }
 
@@ -200,17 +221,16 @@ mod tests {
     #[test]
     fn a_process_that_does_not_exit_in_time_is_handed_to_a_reaper() {
         for strategy in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
-            let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-            let pid = child.id();
-            let mut watch = ExitWatch::new(&child, strategy).unwrap();
+            let mut child = Child::Std(Command::new("sleep").arg("30").spawn().unwrap());
+            let pid = child.pid();
+            let mut watch = ExitWatch::new(&mut child, strategy).unwrap();
             let started = Instant::now();
             assert!(watch.reap(&mut child, Duration::from_millis(100)).is_none(), "{strategy:?}");
             let waited = started.elapsed();
             assert!(waited >= Duration::from_millis(90) && waited < Duration::from_secs(5), "{waited:?}");
             hand_off(Some(child), None, "sleep 30");
             assert!(alive(pid));
-            rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL)
-                .unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
             while !gone(pid) {
                 assert!(Instant::now() < deadline, "{strategy:?}: the reaper did not reap {pid}");
@@ -220,23 +240,10 @@ mod tests {
     }
 
     #[test]
-    fn an_ignored_sigchld_is_read_from_the_sigign_mask() {
-        let status = "Name:\tagent\nSigPnd:\t0000000000000000\nSigIgn:\t0000000000011000\nSigCgt:\t0\n";
-        assert!(ignores(status, 17), "SIGCHLD is bit 16 on x86 and arm");
-        assert!(ignores(status, 13), "SIGPIPE");
-        assert!(!ignores(status, 15));
-        assert!(!ignores("SigIgn:\t0000000000000000\n", 17));
-        assert!(!ignores("no mask here", 17));
-        assert!(!ignores(status, 0) && !ignores(status, 65));
-        // The test harness leaves SIGCHLD alone.
-        assert!(!sigchld_ignored());
-    }
-
-    #[test]
     fn a_process_that_exits_in_time_is_reaped() {
         for strategy in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
-            let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-            let mut watch = ExitWatch::new(&child, strategy).unwrap();
+            let mut child = Child::Std(Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap());
+            let mut watch = ExitWatch::new(&mut child, strategy).unwrap();
             let status = watch.reap(&mut child, Duration::from_secs(10)).expect("exited").unwrap();
             assert_eq!(status.code(), Some(3), "{strategy:?}");
         }

@@ -1,0 +1,472 @@
+//! Starting a command: by std, or, when it gets a cgroup, by a `vfork`-style clone
+//! that enters the cgroup before `exec`.
+//!
+//! std's `Command::spawn` uses `posix_spawn`, a `vfork` whose child borrows the
+//! parent's memory until `exec`, unless a `pre_exec` hook is set; then it `fork`s,
+//! copying the parent's page tables. The hook is the only way std offers to enter a
+//! cgroup before `exec`, and the copy made each command cost 2–3× the whole
+//! `posix_spawn` (see the figures in the README). So a command that gets a cgroup is
+//! started here, the way glibc's `posix_spawn` starts one:
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` on a stack of its own, with all
+//! signals blocked, and a child that only makes system calls on data the parent
+//! prepared: enter the cgroup, a process group of its own, stdin from `/dev/null` and
+//! the two pipes, default handlers and the starting thread's signal mask (as std gives
+//! its children), the working directory, `execve`. A step that fails is written where the
+//! parent reads it once the child is gone, as std reports a failed `exec`.
+//!
+//! What a `Command` holds without a getter cannot be honoured here: a command with a
+//! `uid`, `gid`, `groups` or `arg0` (seen in its `Debug` form, whose layout a test
+//! pins) is started by std (`fork` and the hook); `env_clear` is seen the same way and
+//! honoured. `pre_exec` hooks cannot be seen at all and do not run for a command in a
+//! cgroup (documented on `JobContext::run`).
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::process::{Pid, WaitOptions};
+
+/// A started command, whoever started it.
+pub(super) enum Child {
+    Std(std::process::Child),
+    Cloned(Cloned),
+}
+
+/// A command [`clone_into_cgroup`] started.
+pub(super) struct Cloned {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl Child {
+    pub(super) fn pid(&self) -> Pid {
+        match self {
+            Child::Std(child) => Pid::from_raw(child.id() as i32).expect("a child's pid is positive"),
+            Child::Cloned(child) => child.pid,
+        }
+    }
+
+    /// The read ends of stdout and stderr, once.
+    pub(super) fn take_output(&mut self) -> [Option<OwnedFd>; 2] {
+        match self {
+            Child::Std(child) => [child.stdout.take().map(Into::into), child.stderr.take().map(Into::into)],
+            Child::Cloned(child) => [child.stdout.take(), child.stderr.take()],
+        }
+    }
+
+    /// The pidfd the clone returned, once; std's children have none.
+    pub(super) fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        match self {
+            Child::Std(_) => None,
+            Child::Cloned(child) => child.pidfd.take(),
+        }
+    }
+
+    /// Blocks until the child exits and reaps it.
+    pub(super) fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Child::Std(child) => child.wait(),
+            Child::Cloned(child) => reap(child.pid),
+        }
+    }
+}
+
+fn reap(pid: Pid) -> io::Result<ExitStatus> {
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Why [`clone_into_cgroup`] did not start the command.
+#[derive(Debug)]
+pub(super) enum CloneError {
+    /// The child could not enter the cgroup; nothing ran.
+    Enter(io::Error),
+    /// The command cannot start at all (not found, not executable, bad directory…).
+    Start(io::Error),
+    /// This kernel or this `Command` needs std's way; nothing ran.
+    Unsupported(String),
+}
+
+/// Starts `cmd` in the cgroup whose `cgroup.procs` is `procs`, in a process group of
+/// its own, stdin from `/dev/null`, stdout and stderr into pipes.
+pub(super) fn clone_into_cgroup(cmd: &Command, procs: BorrowedFd<'_>) -> Result<Child, CloneError> {
+    let debug = format!("{cmd:#?}");
+    if let Some(setting) = std_only(cmd, &debug) {
+        return Err(CloneError::Unsupported(format!("the command sets {setting}")));
+    }
+    let plan = Plan::new(cmd, env_clear(&debug)).map_err(CloneError::Start)?;
+    plan.start(procs)
+}
+
+/// The first setting of `cmd` only std's spawn honours, read from its `Debug` form
+/// (`{:#?}`).
+fn std_only(cmd: &Command, debug: &str) -> Option<&'static str> {
+    // What std keeps of a string with a nul byte; its spawn then fails, as it should.
+    let mut strings = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+    if strings.any(|s| s == "<string-with-nul>")
+        || cmd.get_current_dir().is_some_and(|dir| dir.as_os_str() == "<string-with-nul>")
+    {
+        return Some("a nul byte in its program, arguments or directory");
+    }
+    for (field, setting) in [("uid", "a uid"), ("gid", "a gid"), ("groups", "groups")] {
+        if debug.contains(&format!("\n    {field}: ")) {
+            return Some(setting);
+        }
+    }
+    let first_arg = format!("\n    args: [\n        {:?},\n", cmd.get_program());
+    if !debug.contains(&first_arg) {
+        return Some("arg0, or its Debug form is not the one this genbuild knows");
+    }
+    None
+}
+
+/// Whether a command's `Debug` form (`{:#?}`) says `env_clear` was called.
+fn env_clear(debug: &str) -> bool {
+    debug.contains("\n        clear: true,\n")
+}
+
+/// Everything the child needs, prepared by the parent: the child only reads it and
+/// makes system calls.
+struct Plan {
+    /// Where the program may be, tried in order as `execvp` tries them.
+    candidates: Vec<CString>,
+    /// Owners of what `argv` and `envp` point to.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: Option<CString>,
+}
+
+impl Plan {
+    fn new(cmd: &Command, clear: bool) -> io::Result<Plan> {
+        let mut env: BTreeMap<OsString, OsString> =
+            if clear { BTreeMap::new() } else { std::env::vars_os().collect() };
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => env.insert(key.to_owned(), value.to_owned()),
+                None => env.remove(key),
+            };
+        }
+        let cwd = cmd.get_current_dir().map(|dir| c_string(dir.as_os_str().to_owned())).transpose()?;
+        let candidates = candidates(cmd.get_program(), env.get(OsStr::new("PATH")))
+            .into_iter()
+            .map(|path| c_string(path.into_os_string()))
+            .collect::<io::Result<_>>()?;
+        let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+        let args: Vec<CString> = args.map(|a| c_string(a.to_owned())).collect::<io::Result<_>>()?;
+        let vars: Vec<CString> = env
+            .into_iter()
+            .map(|(mut key, value)| {
+                key.push("=");
+                key.push(value);
+                c_string(key)
+            })
+            .collect::<io::Result<_>>()?;
+        let pointers = |strings: &[CString]| {
+            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+        };
+        let (argv, envp) = (pointers(&args), pointers(&vars));
+        Ok(Plan { candidates, _strings: args.into_iter().chain(vars).collect(), argv, envp, cwd })
+    }
+
+    fn start(&self, procs: BorrowedFd<'_>) -> Result<Child, CloneError> {
+        let start = |e: rustix::io::Errno| CloneError::Start(e.into());
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(start)?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(start)?;
+        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(start)?;
+        // Sources above 0–2, so that no `dup2` in the child overwrites one still to copy.
+        let [null, out_w, err_w] = [null, out_w, err_w].map(above_stdio);
+        let (null, out_w, err_w) = (null.map_err(start)?, out_w.map_err(start)?, err_w.map_err(start)?);
+        let mut child = ChildData {
+            plan: self,
+            procs: procs.as_raw_fd(),
+            stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            // SAFETY: a plain C struct; set by clone_on before the child reads it.
+            mask: unsafe { std::mem::zeroed() },
+            failed: None,
+        };
+        let (pid, pidfd) = clone_vfork(&mut child)?;
+        drop((null, out_w, err_w));
+        if let Some((step, errno)) = child.failed {
+            // The child has exited: reap it, nothing else of it exists.
+            let _ = reap(pid);
+            let e = io::Error::from_raw_os_error(errno);
+            return Err(match step {
+                Step::Enter => CloneError::Enter(e),
+                Step::Group | Step::Stdio => {
+                    CloneError::Start(io::Error::new(e.kind(), format!("{step:?}: {e}")))
+                }
+                Step::Cwd => CloneError::Start(io::Error::new(
+                    e.kind(),
+                    format!("cannot enter its working directory: {e}"),
+                )),
+                Step::Exec => CloneError::Start(e),
+            });
+        }
+        Ok(Child::Cloned(Cloned { pid, pidfd: Some(pidfd), stdout: Some(out_r), stderr: Some(err_r) }))
+    }
+}
+
+fn c_string(s: OsString) -> io::Result<CString> {
+    CString::new(s.into_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"))
+}
+
+/// `fd`, or a copy of it numbered 3 or more if it is stdin, stdout or stderr.
+fn above_stdio(fd: OwnedFd) -> rustix::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    rustix::io::fcntl_dupfd_cloexec(&fd, 3)
+}
+
+/// Where `program` may be: itself if it names a path, else that name in each directory
+/// of `path` (the command's own `PATH`; `/bin:/usr/bin` without one), an empty entry
+/// being the working directory.
+fn candidates(program: &OsStr, path: Option<&OsString>) -> Vec<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return vec![program.into()];
+    }
+    let path = path.map_or(OsStr::new("/bin:/usr/bin"), OsString::as_os_str);
+    let dirs = path.as_bytes().split(|&b| b == b':');
+    dirs.map(|dir| {
+        if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) }.join(program)
+    })
+    .collect()
+}
+
+/// The steps of the child, for what it reports when one fails.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Enter,
+    Group,
+    Stdio,
+    Cwd,
+    Exec,
+}
+
+/// What the child reads, and where it writes which step failed.
+struct ChildData<'p> {
+    plan: &'p Plan,
+    procs: libc::c_int,
+    stdio: [libc::c_int; 3],
+    /// The calling thread's signal mask, for the command (std's spawn keeps it too).
+    mask: libc::sigset_t,
+    failed: Option<(Step, i32)>,
+}
+
+const STACK: usize = 64 << 10;
+
+/// Clones the child, which runs [`child_main`] on a stack of its own while this thread
+/// waits (`CLONE_VFORK`) until it called `execve` or exited.
+fn clone_vfork(child: &mut ChildData<'_>) -> Result<(Pid, OwnedFd), CloneError> {
+    // Not rustix's page_size: it reads the auxiliary vector, which valgrind fakes.
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // SAFETY: a fresh private mapping, unmapped below once the child is gone from it.
+    let stack = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            STACK + page,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .map_err(|e| CloneError::Start(e.into()))?;
+    // SAFETY: the lowest page of the mapping made above becomes the guard page.
+    let guarded = unsafe { rustix::mm::mprotect(stack, page, rustix::mm::MprotectFlags::empty()) };
+    let result = guarded.map_err(|e| CloneError::Start(e.into())).and_then(|()| {
+        // SAFETY: the stack is ours until munmap; `child` outlives the child's use of it
+        // (this thread is suspended until the child has called execve or exited).
+        unsafe { clone_on(stack.cast::<u8>().add(STACK + page).cast(), child) }
+    });
+    // SAFETY: the child has left the stack: it called execve or exited.
+    let _ = unsafe { rustix::mm::munmap(stack, STACK + page) };
+    result
+}
+
+/// # Safety
+/// `stack_top` is the top of a writable stack of [`STACK`] bytes nothing else uses.
+unsafe fn clone_on(
+    stack_top: *mut libc::c_void,
+    child: &mut ChildData<'_>,
+) -> Result<(Pid, OwnedFd), CloneError> {
+    // Blocked until the child reset the handlers: a handler of this process must not run
+    // in the child, on memory it shares with us.
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut child.mask);
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let pid = libc::clone(
+        child_main,
+        stack_top,
+        flags,
+        (child as *mut ChildData<'_>).cast(),
+        &mut pidfd as *mut libc::c_int,
+    );
+    let errno = io::Error::last_os_error();
+    libc::pthread_sigmask(libc::SIG_SETMASK, &child.mask, std::ptr::null_mut());
+    match Pid::from_raw(pid) {
+        Some(pid) => Ok((pid, OwnedFd::from_raw_fd(pidfd))),
+        // CLONE_PIDFD is Linux 5.2; a seccomp filter may refuse clone's flags.
+        None if matches!(errno.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {
+            Err(CloneError::Unsupported(format!("clone(CLONE_VFORK | CLONE_PIDFD) failed: {errno}")))
+        }
+        None => Err(CloneError::Start(errno)),
+    }
+}
+
+/// The child, between `clone` and `execve`: system calls only, no allocation, no lock.
+extern "C" fn child_main(data: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `data` is the parent's `ChildData`, alive and untouched while the parent is
+    // suspended; every call below is async-signal-safe.
+    unsafe {
+        let data = &mut *data.cast::<ChildData<'_>>();
+        let fail = |data: &mut ChildData<'_>, step| -> ! {
+            data.failed = Some((step, *libc::__errno_location()));
+            libc::_exit(127)
+        };
+        if libc::write(data.procs, b"0".as_ptr().cast(), 1) != 1 {
+            fail(data, Step::Enter);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(data, Step::Group);
+        }
+        for (target, source) in data.stdio.into_iter().enumerate() {
+            if libc::dup2(source, target as libc::c_int) < 0 {
+                fail(data, Step::Stdio);
+            }
+        }
+        default_signals(&data.mask);
+        let plan = data.plan;
+        if let Some(cwd) = &plan.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                fail(data, Step::Cwd);
+            }
+        }
+        // As `execvp`: on to the next candidate past one that is not there or not
+        // executable; EACCES is what is reported if no candidate runs.
+        let mut denied = false;
+        for path in &plan.candidates {
+            libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            match *libc::__errno_location() {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => fail(data, Step::Exec),
+            }
+        }
+        if denied {
+            *libc::__errno_location() = libc::EACCES;
+        }
+        fail(data, Step::Exec)
+    }
+}
+
+/// The child's signals as std sets them for its children: handlers back to the default
+/// (ignored signals stay ignored, except SIGPIPE, which Rust programs ignore), and the
+/// mask of the thread that started it.
+///
+/// # Safety
+/// Only in the child, before `execve`.
+unsafe fn default_signals(mask: &libc::sigset_t) {
+    let mut default: libc::sigaction = std::mem::zeroed();
+    default.sa_sigaction = libc::SIG_DFL;
+    for signal in 1..=64 {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction != libc::SIG_DFL
+            && (current.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE)
+        {
+            libc::sigaction(signal, &default, std::ptr::null_mut());
+        }
+    }
+    libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// std prints a `Command` this way today; should that change, the settings below
+    /// must still be seen, or such commands would silently lose them.
+    #[test]
+    fn settings_only_std_honours_are_seen() {
+        let plain = || {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "echo \"a b\""]).env("A", "1").env_remove("B").current_dir("/tmp");
+            cmd
+        };
+        let seen = |cmd: &mut Command| std_only(cmd, &format!("{cmd:#?}"));
+        assert_eq!(seen(&mut plain()), None);
+        assert!(!env_clear(&format!("{:#?}", plain())));
+        assert_eq!(seen(plain().uid(0)), Some("a uid"));
+        assert_eq!(seen(plain().gid(0)), Some("a gid"));
+        assert!(seen(plain().arg0("other")).is_some_and(|s| s.starts_with("arg0")));
+        assert!(env_clear(&format!("{:#?}", plain().env_clear())));
+        assert_eq!(seen(plain().env_clear()), None);
+        assert!(seen(plain().arg("a\0b")).is_some_and(|s| s.contains("nul byte")));
+        assert!(seen(plain().current_dir("a\0b")).is_some_and(|s| s.contains("nul byte")));
+    }
+
+    #[test]
+    fn programs_are_looked_for_as_execvp_looks_for_them() {
+        let path = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            candidates(OsStr::new("tool"), path("/a::b").as_ref()),
+            [Path::new("/a/tool"), Path::new("./tool"), Path::new("b/tool")]
+        );
+        assert_eq!(candidates(OsStr::new("sh"), None), [Path::new("/bin/sh"), Path::new("/usr/bin/sh")]);
+        assert_eq!(candidates(OsStr::new("./x"), path("/a").as_ref()), [Path::new("./x")]);
+    }
+}
+
+#[cfg(test)]
+mod clone_tests {
+    use super::*;
+    use crate::process::cgroup::{auto_parent, Cgroup};
+    use std::io::Read;
+
+    /// `cmd` started by [`clone_into_cgroup`] in a fresh cgroup: its stdout and status.
+    fn cloned(cmd: &Command) -> Option<(String, ExitStatus)> {
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no writable cgroup v2 here");
+            return None;
+        };
+        let cgroup = Cgroup::create(parent).ok()?;
+        let mut child = clone_into_cgroup(cmd, cgroup.procs().unwrap()).unwrap();
+        let [stdout, _] = child.take_output();
+        let mut out = String::new();
+        std::fs::File::from(stdout.unwrap()).read_to_string(&mut out).unwrap();
+        let status = child.wait().unwrap();
+        Some((out, status))
+    }
+
+    #[test]
+    fn the_child_starts_in_its_cgroup_with_the_threads_signal_mask() {
+        let Some((out, status)) = cloned(Command::new("cat").arg("/proc/self/status")) else { return };
+        assert!(status.success());
+        assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+        let Some((out, _)) = cloned(Command::new("cat").arg("/proc/self/cgroup")) else { return };
+        assert!(out.contains("/genbuild-"), "{out}");
+    }
+}
