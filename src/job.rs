@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{CancelReason, JobError};
-use crate::process::{self, CancelToken, CommandOutput, Containment, Limits, ProcessOptions, Stream};
+use crate::process::{
+    self, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
+};
 
 /// How far a build has come, as a job reports it with [`JobContext::progress`].
 ///
@@ -83,6 +85,7 @@ pub struct JobContext {
     logs: LogSink,
     options: ProcessOptions,
     gc_root_owner: Arc<str>,
+    cgroups: Arc<CgroupSlot>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -133,14 +136,18 @@ impl JobContext {
         cmd: Command,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> Result<CommandOutput, JobError> {
-        let limits = Limits {
+        process::run(cmd, &self.limits(&self.options), on_line)
+    }
+
+    fn limits<'a>(&'a self, options: &'a ProcessOptions) -> Limits<'a> {
+        Limits {
             timeout: self.timeout,
             deadline: self.deadline,
             cancel: &self.cancel,
             grace: self.grace,
-            options: &self.options,
-        };
-        process::run(cmd, &limits, on_line)
+            options,
+            cgroups: &self.cgroups,
+        }
     }
 
     /// [`run_with`](JobContext::run_with) for a short query that starts no process of
@@ -159,14 +166,7 @@ impl JobContext {
             }
             _ => self.options.clone(),
         };
-        let limits = Limits {
-            timeout: self.timeout,
-            deadline: self.deadline,
-            cancel: &self.cancel,
-            grace: self.grace,
-            options: &options,
-        };
-        process::run(cmd, &limits, on_line)
+        process::run(cmd, &self.limits(&options), on_line)
     }
 
     /// Sends one line to the job's log, as if a command had printed it.
@@ -275,6 +275,7 @@ pub struct Job {
     grace: Option<Duration>,
     logs: LogSink,
     gc_root_owner: Arc<str>,
+    cgroups: Arc<CgroupSlot>,
     on_finished: Option<OnFinished>,
     cancel: Arc<CancelToken>,
     thread: Option<JoinHandle<Result<(), JobError>>>,
@@ -308,6 +309,7 @@ impl Job {
                 }
             }),
             gc_root_owner: Arc::from("standalone"),
+            cgroups: Arc::default(),
             on_finished: None,
             cancel: CancelToken::new(),
             thread: None,
@@ -341,6 +343,13 @@ impl Job {
         self
     }
 
+    /// Shares `slot` (an empty cgroup kept between commands) with other jobs, as a
+    /// builder's jobs do.
+    pub(crate) fn with_cgroup_slot(mut self, slot: Arc<CgroupSlot>) -> Job {
+        self.cgroups = slot;
+        self
+    }
+
     /// Calls `f` on the job's thread with the job's result once its work returned or
     /// panicked, before [`wait`](Job::wait) returns. Not called for a job whose
     /// thread could not be started (its error is then known when `start` returns).
@@ -362,6 +371,7 @@ impl Job {
             logs: self.logs.clone(),
             options: self.options.clone(),
             gc_root_owner: self.gc_root_owner.clone(),
+            cgroups: self.cgroups.clone(),
         };
         let on_finished = self.on_finished.take();
         let spawned = std::thread::Builder::new().name("genbuild-job".into()).spawn(move || {

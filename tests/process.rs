@@ -165,21 +165,63 @@ fn a_setsid_child_of_a_group_member_left_running_is_killed_when_the_command_exit
     }
 }
 
+/// The cgroups the commands of one job ran in, each command running `script`; the job
+/// is handed back, not dropped.
+fn cgroups_of_commands(scripts: &[&str]) -> (Job, Vec<String>) {
+    let scripts: Vec<String> = scripts.iter().map(|s| format!("{s}; cat /proc/self/cgroup")).collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut job = Job::new(
+        move |ctx: &JobContext| {
+            for script in &scripts {
+                let out = ctx.run(sh(script))?;
+                let line = out.stdout.lines().find(|l| l.starts_with("0::")).unwrap_or_default().to_string();
+                let _ = tx.send(line.rsplit('/').next().unwrap_or_default().to_string());
+            }
+            Ok(())
+        },
+        HANG,
+    );
+    job.start();
+    job.wait();
+    assert_eq!(job.error(), None);
+    (job, rx.try_iter().collect())
+}
+
+/// Each command runs in a cgroup of its own, never shared with a running command; once
+/// a command's processes are gone its empty cgroup is kept for the job's next command,
+/// and removed with the job.
 #[test]
-fn the_command_runs_in_a_cgroup_of_its_own_which_is_removed_afterwards() {
+fn commands_run_in_a_cgroup_kept_between_them_and_removed_with_the_job() {
     let Some(dir) = writable_cgroup() else {
         eprintln!("skipped: no writable cgroup v2 here");
         return;
     };
     eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
-    let (mut job, lines) = shell_job("cat /proc/self/cgroup".into(), HANG, ProcessOptions::default());
-    job.start();
-    let line = wait_line(&lines, "0::");
-    job.wait();
-    assert_eq!(job.error(), None);
-    let name = line.rsplit('/').next().unwrap().to_string();
-    assert!(name.starts_with(&format!("genbuild-{}-", std::process::id())), "{line}");
-    assert!(!dir.join(&name).exists(), "{name} was not removed");
+    let (job, names) = cgroups_of_commands(&["true", "true"]);
+    assert!(names[0].starts_with(&format!("genbuild-{}-", std::process::id())), "{names:?}");
+    assert_eq!(names[0], names[1], "the second command did not reuse the first one's cgroup");
+    assert!(dir.join(&names[0]).exists(), "{} was not kept", names[0]);
+    drop(job);
+    assert!(!dir.join(&names[0]).exists(), "{} was not removed with the job", names[0]);
+}
+
+/// A command that left something in its cgroup (here a cgroup below it, which root may
+/// create) does not pass it on: the cgroup is removed, with what is below it, and the
+/// next command gets a fresh one.
+#[test]
+fn a_cgroup_left_with_a_cgroup_below_it_is_removed_not_kept() {
+    let Some(dir) = writable_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return;
+    };
+    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let own = "$(basename \"$(grep ^0:: /proc/self/cgroup | cut -d: -f3)\")";
+    let below = format!("mkdir \"{}/{own}/below\"", dir.display());
+    let (job, names) = cgroups_of_commands(&[&below, "true"]);
+    assert_ne!(names[0], names[1]);
+    assert!(!dir.join(&names[0]).exists(), "{} was kept or left", names[0]);
+    drop(job);
+    assert!(!dir.join(&names[1]).exists());
 }
 
 /// The `sleep` processes carrying `marker`.

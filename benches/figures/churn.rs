@@ -181,7 +181,9 @@ pub(crate) fn churn_rows(plan: &Plan) -> Vec<Row> {
             format!("{ref_running:.0}/s"),
             Some(ours_running / ref_running),
             format!(
-                "{RUNNING_CALLS} cycles: eval, then its process's first line; processes left: {ours_left} vs {ref_left}"
+                "{} cycles each, alternating every {RUNNING_BLOCK}: eval, then its process's first line; \
+                 processes left: {ours_left} vs {ref_left}",
+                plan.churn_reps * RUNNING_BLOCKS_PER_REP * RUNNING_BLOCK
             ),
         ),
         row(
@@ -208,63 +210,69 @@ pub(crate) fn churn_rows(plan: &Plan) -> Vec<Row> {
     ]
 }
 
-pub(crate) const RUNNING_CALLS: usize = 200;
+/// Cycles of each side between switches, and switches per repetition of the plan.
+pub(crate) const RUNNING_BLOCK: usize = 20;
+const RUNNING_BLOCKS_PER_REP: usize = 10;
 
 /// Churn where each eval() comes once the previous job's process is running (it
 /// printed its first line), so that every call really pre-empts a live process.
-/// Returns cycles/s of genbuild and of the reference, and the processes each left.
+/// genbuild and the reference alternate every [`RUNNING_BLOCK`] cycles, so that both
+/// see the same machine. Returns cycles/s of genbuild and of the reference, and the
+/// processes each left.
 pub(crate) fn churn_running(plan: &Plan) -> (f64, f64, (usize, usize)) {
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut left = (0, 0);
-    for _ in 0..plan.churn_reps {
-        let n = nonce();
-        let script = format!("echo started; sleep 300.{n}; true");
-        let (builder, _) = shell_builder(Some(script.clone()), None);
-        let events = builder.subscribe();
-        let t = Instant::now();
-        for i in 0..RUNNING_CALLS {
-            let uuid = builder.eval(&rs(&format!("{i:040x}"))).unwrap();
-            loop {
-                let event = events.recv_timeout(HANG).expect("the job never printed");
-                if let Some(event::Kind::LogLine(line)) = event.kind {
-                    if line.generation_uuid == uuid {
-                        break;
-                    }
+    let n = nonce();
+    let (builder, _) = shell_builder(Some(format!("echo started; sleep 300.{n}; true")), None);
+    let events = builder.subscribe();
+    let mut i = 0;
+    let mut ours = || {
+        let uuid = builder.eval(&rs(&format!("{i:040x}"))).unwrap();
+        i += 1;
+        loop {
+            let event = events.recv_timeout(HANG).expect("the job never printed");
+            if let Some(event::Kind::LogLine(line)) = event.kind {
+                if line.generation_uuid == uuid {
+                    break;
                 }
             }
         }
-        ours.push(RUNNING_CALLS as f64 / t.elapsed().as_secs_f64());
-        builder.stop();
-        drop(builder);
-        left.0 += count_and_kill_leftovers(&n);
-
-        let m = nonce();
-        let script = format!("echo started; sleep 300.{m}; true");
-        let mut previous: Option<Child> = None;
-        let t = Instant::now();
-        for _ in 0..RUNNING_CALLS {
-            if let Some(mut child) = previous.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut first = [0u8; 8];
-            let _ = child.stdout.as_mut().unwrap().read(&mut first);
-            previous = Some(child);
-        }
-        theirs.push(RUNNING_CALLS as f64 / t.elapsed().as_secs_f64());
-        if let Some(mut child) = previous {
+    };
+    let m = nonce();
+    let script = format!("echo started; sleep 300.{m}; true");
+    let mut previous: Option<Child> = None;
+    let mut theirs = || {
+        if let Some(mut child) = previous.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        left.1 += count_and_kill_leftovers(&m);
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 8];
+        let _ = child.stdout.as_mut().unwrap().read(&mut first);
+        previous = Some(child);
+    };
+    let (mut ours_time, mut theirs_time) = (Duration::ZERO, Duration::ZERO);
+    let blocks = plan.churn_reps * RUNNING_BLOCKS_PER_REP;
+    for _ in 0..blocks {
+        let t = Instant::now();
+        (0..RUNNING_BLOCK).for_each(|_| ours());
+        ours_time += t.elapsed();
+        let t = Instant::now();
+        (0..RUNNING_BLOCK).for_each(|_| theirs());
+        theirs_time += t.elapsed();
     }
-    (median(ours), median(theirs), left)
+    builder.stop();
+    drop(builder);
+    if let Some(mut child) = previous {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let cycles = (blocks * RUNNING_BLOCK) as f64;
+    let left = (count_and_kill_leftovers(&n), count_and_kill_leftovers(&m));
+    (cycles / ours_time.as_secs_f64(), cycles / theirs_time.as_secs_f64(), left)
 }

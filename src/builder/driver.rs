@@ -33,6 +33,7 @@ use crate::error::{CancelReason, Error, JobError};
 use crate::executor::{EvalRequest, Executor};
 use crate::job::Job;
 use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step};
+use crate::process::CgroupSlot;
 use crate::proto::{self, event, log_line};
 use crate::status::{BuildStatus, EvalStatus};
 use crate::store::{NewGeneration, Store};
@@ -61,6 +62,8 @@ pub(super) struct Shared {
     pub(super) evaluation_done: Channel<String>,
     pub(super) build_done: Channel<String>,
     pub(super) subscribers: Arc<Subscribers>,
+    /// The empty cgroup the builder's commands take turns in.
+    pub(super) cgroups: Arc<CgroupSlot>,
 }
 
 pub(super) struct State {
@@ -94,6 +97,7 @@ impl Shared {
             job_ended: Condvar::new(),
             evaluation_done: Channel::unbounded(),
             build_done: Channel::unbounded(),
+            cgroups: Arc::default(),
         }
     }
 

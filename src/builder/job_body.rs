@@ -144,5 +144,6 @@ pub(super) fn job(
         .with_kill_grace(kill_grace)
         .with_log_sink(logs)
         .with_gc_root_owner(shared.store.id())
+        .with_cgroup_slot(shared.cgroups.clone())
         .on_finished(on_finished)
 }

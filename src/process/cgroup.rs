@@ -3,15 +3,16 @@
 //!
 //! The cgroup is created before the spawn and entered by the child itself, between
 //! `clone` and `exec` ([`super::spawn`]; it writes "0" to a `cgroup.procs` opened
-//! beforehand), so not even the command's first instruction runs outside it. Killing writes "1" to `cgroup.kill`
-//! (Linux ≥ 5.14), or, on older kernels, freezes the cgroup (`cgroup.freeze`, Linux ≥
-//! 5.2), SIGKILLs every pid listed in it and thaws it. Kernels 4.5 to 5.1 have cgroup v2
-//! but neither file: a cgroup there cannot kill a `setsid` daemon, so it is not used
-//! (under [`Containment::Auto`], such commands are contained by their process tree).
-//! The cgroup is empty when `cgroup.events` says `populated 0` (awaited with `poll`,
-//! which the kernel wakes on every change of that file); then it is removed. A cgroup
-//! that could not be set up completely is removed on the spot: nothing is left behind by
-//! a failure half-way.
+//! beforehand), so not even the command's first instruction runs outside it. Killing
+//! writes "1" to `cgroup.kill` (Linux ≥ 5.14), or, on older kernels, freezes the cgroup
+//! (`cgroup.freeze`, Linux ≥ 5.2), SIGKILLs every pid listed in it and thaws it.
+//! Kernels 4.5 to 5.1 have cgroup v2 but neither file: a cgroup there cannot kill a
+//! `setsid` daemon, so it is not used (under [`Containment::Auto`], such commands are
+//! contained by their process tree). The cgroup is empty when `cgroup.events` says
+//! `populated 0` (awaited with `poll`, which the kernel wakes on every change of that
+//! file); then it is removed, or kept empty for the next command ([`CgroupSlot`]). A
+//! cgroup that could not be set up completely is removed on the spot: nothing is left
+//! behind by a failure half-way.
 //!
 //! [`Containment::Auto`] uses a child of this process's own cgroup, found from
 //! `/proc/self/mountinfo` (where cgroup2 is mounted: `/sys/fs/cgroup` on unified hosts,
@@ -33,10 +34,81 @@ use super::{deadline_after, Containment};
 /// How long [`Cgroup::kill_until_empty`] waits after each kill before killing again.
 const KILL_ROUND: Duration = Duration::from_millis(100);
 
+/// One empty cgroup kept from a command for the next, so that a builder's commands do
+/// not each pay for a cgroup's creation and removal (a `mkdir`, a `rmdir` and the
+/// kernel's work behind them: about as much as starting the command). A builder holds
+/// one slot for all its jobs, a standalone [`Job`](crate::Job) one of its own; the
+/// cgroup kept is removed with the slot.
+///
+/// A cgroup is kept only once its command's processes are all gone, and only if
+/// nothing was left in it: no cgroup below it, not frozen. A command running as root
+/// can change its own cgroup's settings (limits of controllers the parent enables);
+/// the next command of the same builder inherits them.
+#[derive(Default)]
+pub(crate) struct CgroupSlot(parking_lot::Mutex<Option<Cgroup>>);
+
+impl std::fmt::Debug for CgroupSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.0.lock().as_ref().map(|c| c.dir.clone());
+        f.debug_tuple("CgroupSlot").field(&kept).finish()
+    }
+}
+
+impl CgroupSlot {
+    /// The cgroup kept, if it is a child of `parent` and still there.
+    fn take(&self, parent: &Path) -> Option<Cgroup> {
+        let mut kept = self.0.lock();
+        if kept.as_ref()?.dir.parent() != Some(parent) {
+            return None;
+        }
+        let mut cgroup = kept.take()?;
+        drop(kept);
+        // Another process (sharing the parent from another pid namespace) may have
+        // taken it for a dead owner's and removed it.
+        if !cgroup.dir.exists() {
+            cgroup.removed = true;
+            return None;
+        }
+        let procs = cgroup.procs.as_ref()?.as_raw_fd();
+        cgroup.entry = Entry(Arc::new(AtomicI32::new(procs)));
+        Some(cgroup)
+    }
+
+    /// Keeps `cgroup`, whose processes are all gone, for the next command; removes it
+    /// instead if a cgroup is kept already or something was left in it.
+    pub(super) fn keep(&self, cgroup: Cgroup) -> io::Result<()> {
+        if !cgroup.reusable() {
+            return cgroup.remove();
+        }
+        let mut kept = self.0.lock();
+        match &*kept {
+            Some(_) => {
+                drop(kept);
+                cgroup.remove()
+            }
+            None => {
+                *kept = Some(cgroup);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for CgroupSlot {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.get_mut().take() {
+            let dir = cgroup.dir.clone();
+            if let Err(e) = cgroup.remove() {
+                log::warn!("cannot remove cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
 /// A command's own cgroup, from its creation to its removal.
 pub(super) struct Cgroup {
     dir: PathBuf,
-    /// Its `cgroup.procs`, open until the child has entered.
+    /// Its `cgroup.procs`, for the children to enter by.
     procs: Option<OwnedFd>,
     /// Its `cgroup.events`, for `populated`.
     events: OwnedFd,
@@ -73,11 +145,25 @@ impl Cgroup {
     /// [`Containment::Auto`] finds no writable cgroup v2, or one that cannot kill), an
     /// error when [`Containment::Cgroup`]'s directory does not take a child or its
     /// cgroups cannot kill.
-    pub(super) fn for_command(containment: &Containment) -> Result<Option<Cgroup>, String> {
+    /// A cgroup kept in `slot` under the same parent is used again.
+    pub(super) fn for_command(
+        containment: &Containment,
+        slot: &CgroupSlot,
+    ) -> Result<Option<Cgroup>, String> {
+        let parent = match containment {
+            Containment::ProcessTree => return Ok(None),
+            Containment::Auto => match auto_parent() {
+                Some(parent) => parent,
+                None => return Ok(None),
+            },
+            Containment::Cgroup(parent) => parent,
+        };
+        if let Some(cgroup) = slot.take(parent) {
+            return Ok(Some(cgroup));
+        }
         match containment {
             Containment::ProcessTree => Ok(None),
             Containment::Auto => {
-                let Some(parent) = auto_parent() else { return Ok(None) };
                 match Cgroup::create(parent) {
                     Ok(cgroup) => Ok(Some(cgroup)),
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -114,6 +200,7 @@ impl Cgroup {
     /// A new child cgroup of `parent`, named after this process and a counter. An error
     /// of kind `Unsupported` when the kernel gives it no way to kill all its processes.
     pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
+        sweep_dead_owners(parent);
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut attempts = 0;
         let dir = loop {
@@ -160,15 +247,20 @@ impl Cgroup {
         self.entry.clone()
     }
 
-    /// Its `cgroup.procs`, open for writing until the child has entered.
+    /// Its `cgroup.procs`, open for writing.
     pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
         self.procs.as_ref().map(AsFd::as_fd)
     }
 
-    /// The child is in: `cgroup.procs` is no longer needed.
+    /// The child is in: the hook of a std spawn must not enter again.
     pub(super) fn spawned(&mut self) {
         self.entry.disable();
-        self.procs = None;
+    }
+
+    /// Empty (the caller made sure), not frozen, and no cgroup below it: as created.
+    fn reusable(&self) -> bool {
+        let descendants = fs::read_to_string(self.dir.join("cgroup.stat")).unwrap_or_default();
+        self.is_empty() && !self.says("frozen 1") && descendants.lines().any(|l| l == "nr_descendants 0")
     }
 
     /// SIGKILL to every process in the cgroup and below; returns at once (see
@@ -328,6 +420,41 @@ impl Drop for Cgroup {
             log::warn!("cannot remove cgroup {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Removes the empty cgroups left under `parent` by processes no longer running (one
+/// kept in a [`CgroupSlot`] by a program that exited without dropping its builder);
+/// once per parent and process. One that is not empty is left alone.
+fn sweep_dead_owners(parent: &Path) {
+    static SWEPT: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+    {
+        let mut swept = SWEPT.lock();
+        if swept.iter().any(|p| p == parent) {
+            return;
+        }
+        swept.push(parent.to_path_buf());
+    }
+    remove_dead_owners(parent);
+}
+
+fn remove_dead_owners(parent: &Path) {
+    let own = std::process::id();
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(owner) = dead_owner(&name.to_string_lossy(), own) else { continue };
+        if fs::remove_dir(entry.path()).is_ok() {
+            log::debug!("removed cgroup {} of process {owner}, which is gone", entry.path().display());
+        }
+    }
+}
+
+/// The pid in a cgroup name genbuild gives (`genbuild-PID-N`), if that process is not
+/// this one and no longer runs.
+fn dead_owner(name: &str, own: u32) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("genbuild-")?.split_once('-')?;
+    let pid: u32 = pid.parse().ok()?;
+    n.parse::<u64>().ok()?;
+    (pid != own && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
 }
 
 /// Depth first: a process running as root may have created cgroups below its own.
@@ -507,6 +634,38 @@ mod tests {
             .collect()
     }
 
+    /// Empty cgroups named for processes that are gone are removed; those of a live
+    /// process (pid 1) or this one, and names genbuild does not give, stay.
+    #[test]
+    fn the_empty_cgroups_of_processes_that_are_gone_are_removed() {
+        let Some(parent) = auto_parent() else {
+            eprintln!("skipped: no cgroup v2 here");
+            return;
+        };
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let names = [
+            format!("genbuild-{dead}-0"),
+            "genbuild-1-0".into(),
+            format!("genbuild-{dead}-x"),
+            "genbuild-z".into(),
+        ];
+        for name in &names {
+            if fs::create_dir(parent.join(name)).is_err() {
+                eprintln!("skipped: cannot create cgroups under {}", parent.display());
+                return;
+            }
+        }
+        remove_dead_owners(parent);
+        let left: Vec<bool> = names.iter().map(|name| parent.join(name).exists()).collect();
+        for name in &names {
+            let _ = fs::remove_dir(parent.join(name));
+        }
+        assert_eq!(left, [false, true, true, true], "{names:?}");
+        assert_eq!(dead_owner(&format!("genbuild-{}-3", std::process::id()), std::process::id()), None);
+    }
+
     /// Linux 4.5 to 5.1 (simulated): a cgroup cannot kill a `setsid` process that
     /// ignores SIGTERM, so `Auto` does not use one; the command runs contained by its
     /// process tree, which kills the daemon, and no cgroup is left.
@@ -534,6 +693,7 @@ mod tests {
             cancel: &cancel,
             grace: Duration::from_millis(100),
             options: &options,
+            cgroups: &CgroupSlot::default(),
         };
         let mut lines = Vec::new();
         let result = super::super::run(cmd, &limits, &mut |_, line| {
@@ -576,8 +736,10 @@ mod tests {
             return;
         };
         PRETEND_LINUX_5_1.with(|p| p.set(true));
-        let explicit = Cgroup::for_command(&Containment::Cgroup(parent.to_path_buf())).map(|c| c.is_some());
-        let auto = Cgroup::for_command(&Containment::Auto).map(|c| c.is_some());
+        let explicit =
+            Cgroup::for_command(&Containment::Cgroup(parent.to_path_buf()), &CgroupSlot::default())
+                .map(|c| c.is_some());
+        let auto = Cgroup::for_command(&Containment::Auto, &CgroupSlot::default()).map(|c| c.is_some());
         PRETEND_LINUX_5_1.with(|p| p.set(false));
         if explicit.as_ref().is_err_and(|e| !e.contains("cgroup.kill")) {
             eprintln!("skipped: cannot create a cgroup under {}: {explicit:?}", parent.display());

@@ -55,6 +55,8 @@ use parking_lot::Mutex;
 
 use crate::error::{CancelReason, JobError};
 
+pub(crate) use cgroup::CgroupSlot;
+
 /// The output stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -102,11 +104,11 @@ pub enum Containment {
     /// spawn and entered by the child before `exec`. Guarantees that every process the
     /// command starts (double-forked, `setsid`, re-parented) is killed when the command
     /// exits, is cancelled or times out, and that stop() returns only once the cgroup
-    /// is empty and removed. The one way out is a process with the right to move itself
-    /// to another cgroup (root writing to another `cgroup.procs`). If the child cgroup
-    /// cannot be created or entered, or the kernel can neither kill it (`cgroup.kill`,
-    /// Linux 5.14) nor freeze it (`cgroup.freeze`, Linux 5.2), the command fails without
-    /// running.
+    /// is empty (then removed, or kept empty for the builder's next command). The one
+    /// way out is a process with the right to move itself to another cgroup (root
+    /// writing to another `cgroup.procs`). If the child cgroup cannot be created or
+    /// entered, or the kernel can neither kill it (`cgroup.kill`, Linux 5.14) nor freeze
+    /// it (`cgroup.freeze`, Linux 5.2), the command fails without running.
     Cgroup(PathBuf),
     /// The command's process group, and the descendants found by walking `/proc` from
     /// the command and from every living member of its group before each kill. Reaches
@@ -219,6 +221,8 @@ pub(crate) struct Limits<'a> {
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
     pub options: &'a ProcessOptions,
+    /// Where an empty cgroup waits for the next command.
+    pub cgroups: &'a CgroupSlot,
 }
 
 /// Runs `cmd` under `limits`, handing every line it prints to `on_line` on this thread,
@@ -239,23 +243,24 @@ pub(crate) fn run(
         return Err(JobError::Failed(format!("cannot run `{description}`: {why}")));
     }
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (child, cgroup) = spawn(&mut cmd, limits.options, &description)?;
+    let (child, cgroup) = spawn(&mut cmd, limits, &description)?;
     supervise::supervise(child, cgroup, limits, on_line, description)
 }
 
-/// Spawns `cmd` inside a cgroup of its own when `options` ask for one; under
+/// Spawns `cmd` inside a cgroup of its own when `limits` ask for one; under
 /// [`Containment::Auto`], a cgroup that cannot be created or entered falls back to the
 /// process tree for this command.
 fn spawn(
     cmd: &mut Command,
-    options: &ProcessOptions,
+    limits: &Limits<'_>,
     description: &str,
 ) -> Result<(spawn::Child, Option<cgroup::Cgroup>), JobError> {
+    let options = limits.options;
     let cannot_start = |e: std::io::Error| JobError::Failed(format!("cannot start `{description}`: {e}"));
     let std_spawn =
         |cmd: &mut Command| cmd.spawn().map(|child| (spawn::Child::Std(child), None)).map_err(cannot_start);
     let containment = &options.containment;
-    let mut cgroup = cgroup::Cgroup::for_command(containment).map_err(JobError::Failed)?;
+    let mut cgroup = cgroup::Cgroup::for_command(containment, limits.cgroups).map_err(JobError::Failed)?;
     let Some(group) = cgroup.as_mut() else {
         log::debug!("`{description}`: contained by its process tree");
         return std_spawn(cmd);

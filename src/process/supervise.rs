@@ -129,7 +129,7 @@ impl Supervisor<'_, '_> {
         if stuck {
             wait::hand_off(child, cgroup, &self.description);
         } else if let Some(cgroup) = cgroup {
-            if let Err(e) = cgroup.remove() {
+            if let Err(e) = self.limits.cgroups.keep(cgroup) {
                 log::warn!("cannot remove the cgroup of `{}`: {e}", self.description);
             }
         }
@@ -344,6 +344,7 @@ mod tests {
             cancel: &cancel,
             grace: Duration::ZERO,
             options: &options,
+            cgroups: &super::super::CgroupSlot::default(),
         };
         let killed = Some(Ok(ExitStatus::from_raw(9)));
         let result =
