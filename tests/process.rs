@@ -224,6 +224,25 @@ fn a_cgroup_left_with_a_cgroup_below_it_is_removed_not_kept() {
     assert!(!dir.join(&names[1]).exists());
 }
 
+/// A command that left a `setsid` process behind (out of its group's reach) has its
+/// whole cgroup killed, and a cgroup that got `cgroup.kill` is not kept: the next
+/// command gets a fresh one.
+#[test]
+fn a_cgroup_killed_whole_for_an_escaped_process_is_not_kept() {
+    let Some(dir) = writable_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return;
+    };
+    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let n = nonce();
+    let escape = format!("(setsid sleep 300.{n} </dev/null >/dev/null 2>&1 &)");
+    let (job, names) = cgroups_of_commands(&[&escape, "true"]);
+    assert_ne!(names[0], names[1]);
+    assert!(!dir.join(&names[0]).exists(), "{} was kept or left", names[0]);
+    assert_none_left(&n, "cgroup v2 (Auto)");
+    drop(job);
+}
+
 /// The `sleep` processes carrying `marker`.
 fn sleepers(marker: &str) -> Vec<i32> {
     processes_with(marker)

@@ -69,8 +69,7 @@ impl CgroupSlot {
             cgroup.removed = true;
             return None;
         }
-        let procs = cgroup.procs.as_ref()?.as_raw_fd();
-        cgroup.entry = Entry(Arc::new(AtomicI32::new(procs)));
+        cgroup.entry = Entry(Arc::new(AtomicI32::new(cgroup.procs.as_raw_fd())));
         Some(cgroup)
     }
 
@@ -109,9 +108,13 @@ impl Drop for CgroupSlot {
 pub(super) struct Cgroup {
     dir: PathBuf,
     /// Its `cgroup.procs`, for the children to enter by.
-    procs: Option<OwnedFd>,
+    procs: OwnedFd,
     /// Its `cgroup.events`, for `populated`.
     events: OwnedFd,
+    /// Its directory, to clone children into.
+    dir_fd: OwnedFd,
+    /// Once `cgroup.kill` was written: Linux 6.18 kills children cloned into it.
+    killed: AtomicBool,
     entry: Entry,
     /// Removed, or deliberately left in place: nothing for the drop to do.
     removed: bool,
@@ -213,10 +216,11 @@ impl Cgroup {
                 Err(e) => return Err(e),
             }
         };
-        let open = || -> io::Result<(OwnedFd, OwnedFd)> {
+        let open = || -> io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
             let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
             let events = fs::File::open(dir.join("cgroup.events"))?;
-            Ok((procs.into(), events.into()))
+            let dir_fd = fs::File::open(&dir)?;
+            Ok((procs.into(), events.into(), dir_fd.into()))
         };
         let opened = open().and_then(|files| match can_kill(&dir) {
             true => Ok(files),
@@ -227,9 +231,10 @@ impl Cgroup {
             )),
         });
         match opened {
-            Ok((procs, events)) => {
+            Ok((procs, events, dir_fd)) => {
                 let entry = Entry(Arc::new(AtomicI32::new(procs.as_raw_fd())));
-                Ok(Cgroup { dir, procs: Some(procs), events, entry, removed: false })
+                let killed = AtomicBool::new(false);
+                Ok(Cgroup { dir, procs, events, dir_fd, killed, entry, removed: false })
             }
             Err(e) => {
                 let _ = fs::remove_dir(&dir);
@@ -247,9 +252,9 @@ impl Cgroup {
         self.entry.clone()
     }
 
-    /// Its `cgroup.procs`, open for writing.
-    pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
-        self.procs.as_ref().map(AsFd::as_fd)
+    /// Where [`super::spawn`] starts a child in it.
+    pub(super) fn target(&self) -> super::spawn::Target<'_> {
+        super::spawn::Target { dir: self.dir_fd.as_fd(), procs: self.procs.as_fd() }
     }
 
     /// The child is in: the hook of a std spawn must not enter again.
@@ -257,8 +262,12 @@ impl Cgroup {
         self.entry.disable();
     }
 
-    /// Empty (the caller made sure), not frozen, and no cgroup below it: as created.
-    fn reusable(&self) -> bool {
+    /// Empty (the caller made sure), not frozen, no cgroup below it, and never killed
+    /// with `cgroup.kill`: as created.
+    pub(super) fn reusable(&self) -> bool {
+        if self.killed.load(Ordering::Relaxed) {
+            return false;
+        }
         let descendants = fs::read_to_string(self.dir.join("cgroup.stat")).unwrap_or_default();
         self.is_empty() && !self.says("frozen 1") && descendants.lines().any(|l| l == "nr_descendants 0")
     }
@@ -266,6 +275,7 @@ impl Cgroup {
     /// SIGKILL to every process in the cgroup and below; returns at once (see
     /// [`wait_empty`](Cgroup::wait_empty)).
     pub(super) fn kill(&self) -> io::Result<()> {
+        self.killed.store(true, Ordering::Relaxed);
         match fs::OpenOptions::new().write(true).open(newer_file(&self.dir, "cgroup.kill")) {
             Ok(mut kill) => kill.write_all(b"1"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.freeze_and_kill(),

@@ -269,8 +269,8 @@ fn spawn(
         log::debug!("`{description}`: pid {} contained by cgroup {}", child.pid(), group.dir().display());
         child
     };
-    if let (WaitStrategy::Pidfd, Some(procs)) = (options.wait, group.procs()) {
-        match spawn::clone_into_cgroup(cmd, procs) {
+    if options.wait == WaitStrategy::Pidfd {
+        match spawn::clone_into_cgroup(cmd, group.target()) {
             Ok(child) => {
                 group.spawned();
                 let child = contained(child, group);

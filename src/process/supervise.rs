@@ -23,6 +23,9 @@ use crate::error::{CommandFailure, Exit, JobError};
 /// How long the pipes may stay open once every process we know of is dead; past it the
 /// holder is some escaped process, found through the pipe and killed.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
+/// How long the processes of a command's group get to die of SIGKILL before the whole
+/// cgroup is killed (what is left then escaped the group).
+const GROUP_KILL_WAIT: Duration = Duration::from_millis(5);
 /// Without a cancel fd (none could be created), how often cancellation is checked.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
@@ -159,6 +162,12 @@ impl Supervisor<'_, '_> {
         let Some(pid) = self.child.as_ref().map(Child::pid) else { return };
         if let Some(cgroup) = &self.cgroup {
             if cgroup.is_empty() {
+                return;
+            }
+            // The group first, which is usually all there is: a cgroup that got
+            // `cgroup.kill` is not kept for the next command.
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            if cgroup.wait_empty(GROUP_KILL_WAIT) {
                 return;
             }
             match cgroup.kill() {
