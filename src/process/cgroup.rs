@@ -311,6 +311,9 @@ impl Cgroup {
     /// opened names a stranger, whose pidfd is then simply never awaited to the end.
     pub(super) fn wait_empty(&self, limit: Duration) -> bool {
         use rustix::process::{pidfd_open, Pid, PidfdFlags};
+        if self.is_empty() {
+            return true;
+        }
         let pidfds: Vec<OwnedFd> = pids_below(&self.dir)
             .into_iter()
             .filter_map(Pid::from_raw)

@@ -7,11 +7,13 @@
 //! (the portable wait path, for systems without pidfds, keeps one: see [`wait`]).
 //!
 //! * **Containment** ([`cgroup`], [`tree`]). Where a writable cgroup v2 hierarchy
-//!   exists, every command runs in a child cgroup of its own, entered by the child
-//!   before `exec`; killing the cgroup (`cgroup.kill`) reaches every process in it,
-//!   also those that called `setsid`, double-forked or were re-parented to init.
-//!   The kill is repeated every 100 ms until the cgroup is empty: one kill misses a
-//!   process that comes in after it (a fork racing with `cgroup.kill`).
+//!   exists, every command runs in a child cgroup of its own, born in it or entering it
+//!   before `exec` ([`spawn`]); SIGKILL to the command's process group is usually all
+//!   it takes, and what that leaves after 5 ms (processes that called `setsid`,
+//!   double-forked or were re-parented to init) dies by killing the cgroup
+//!   (`cgroup.kill`), repeated every 100 ms until the cgroup is empty: one kill misses
+//!   a process that comes in after it (a fork racing with `cgroup.kill`). An emptied
+//!   cgroup is kept for the next command ([`CgroupSlot`]).
 //!   Elsewhere the command's process group and the descendants found by walking
 //!   `/proc` are what can be reached, listed *before* the first signal (a builder whose
 //!   parent died is re-parented and lost to a later walk), and again from every member
