@@ -165,6 +165,17 @@ fn a_setsid_child_of_a_group_member_left_running_is_killed_when_the_command_exit
     }
 }
 
+/// Where `Containment::Auto` puts cgroups here, printed; `None`, and why, where no
+/// cgroup v2 is writable.
+fn auto_cgroup_parent() -> Option<PathBuf> {
+    let Some(dir) = writable_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return None;
+    };
+    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    Some(dir)
+}
+
 /// The cgroups the commands of one job ran in, each command running `script`; the job
 /// is handed back, not dropped.
 fn cgroups_of_commands(scripts: &[&str]) -> (Job, Vec<String>) {
@@ -192,11 +203,7 @@ fn cgroups_of_commands(scripts: &[&str]) -> (Job, Vec<String>) {
 /// and removed with the job.
 #[test]
 fn commands_run_in_a_cgroup_kept_between_them_and_removed_with_the_job() {
-    let Some(dir) = writable_cgroup() else {
-        eprintln!("skipped: no writable cgroup v2 here");
-        return;
-    };
-    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let Some(dir) = auto_cgroup_parent() else { return };
     let (job, names) = cgroups_of_commands(&["true", "true"]);
     assert!(names[0].starts_with(&format!("genbuild-{}-", std::process::id())), "{names:?}");
     assert_eq!(names[0], names[1], "the second command did not reuse the first one's cgroup");
@@ -210,11 +217,7 @@ fn commands_run_in_a_cgroup_kept_between_them_and_removed_with_the_job() {
 /// next command gets a fresh one.
 #[test]
 fn a_cgroup_left_with_a_cgroup_below_it_is_removed_not_kept() {
-    let Some(dir) = writable_cgroup() else {
-        eprintln!("skipped: no writable cgroup v2 here");
-        return;
-    };
-    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let Some(dir) = auto_cgroup_parent() else { return };
     let own = "$(basename \"$(grep ^0:: /proc/self/cgroup | cut -d: -f3)\")";
     let below = format!("mkdir \"{}/{own}/below\"", dir.display());
     let (job, names) = cgroups_of_commands(&[&below, "true"]);
@@ -229,13 +232,16 @@ fn a_cgroup_left_with_a_cgroup_below_it_is_removed_not_kept() {
 /// command gets a fresh one.
 #[test]
 fn a_cgroup_killed_whole_for_an_escaped_process_is_not_kept() {
-    let Some(dir) = writable_cgroup() else {
-        eprintln!("skipped: no writable cgroup v2 here");
-        return;
-    };
-    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let Some(dir) = auto_cgroup_parent() else { return };
     let n = nonce();
-    let escape = format!("(setsid sleep 300.{n} </dev/null >/dev/null 2>&1 &)");
+    let tmp = tempfile::tempdir().unwrap();
+    let ready = tmp.path().join("escaped");
+    // Once `ready` is written the sleeper has left the group (setsid runs before sh).
+    let escape = format!(
+        "( setsid sh -c 'echo $$ > \"$0\"; exec sleep 300.{n}' '{ready}' </dev/null >/dev/null 2>&1 & ); \
+         until [ -s '{ready}' ]; do :; done",
+        ready = ready.display()
+    );
     let (job, names) = cgroups_of_commands(&[&escape, "true"]);
     assert_ne!(names[0], names[1]);
     assert!(!dir.join(&names[0]).exists(), "{} was kept or left", names[0]);
@@ -434,11 +440,7 @@ fn a_cgroup_that_cannot_be_created_fails_the_command_and_leaves_nothing() {
 
 #[test]
 fn a_command_that_cannot_start_leaves_no_cgroup_behind() {
-    let Some(dir) = writable_cgroup() else {
-        eprintln!("skipped: no writable cgroup v2 here");
-        return;
-    };
-    eprintln!("containment: cgroup v2 under {} (Auto)", dir.display());
+    let Some(dir) = auto_cgroup_parent() else { return };
     let mine = |dir: &PathBuf| {
         let prefix = format!("genbuild-{}-", std::process::id());
         std::fs::read_dir(dir)
