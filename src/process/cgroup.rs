@@ -322,6 +322,15 @@ impl Cgroup {
         self.wait_empty_watching(&pidfds, limit)
     }
 
+    /// Whether every process in the cgroup and below it belongs to the process group
+    /// `group`.
+    pub(super) fn only_members_of(&self, group: rustix::process::Pid) -> bool {
+        pids_below(&self.dir).into_iter().filter_map(rustix::process::Pid::from_raw).all(|pid| {
+            // Gone meanwhile: nothing left to wait for.
+            rustix::process::getpgid(Some(pid)).map_or(true, |g| g == group)
+        })
+    }
+
     /// Kills what is listed in the cgroup round after round until it is empty or `limit`
     /// passed; whether it is. One kill does not reach a process that came in after it:
     /// moved in by root, or forked while `cgroup.kill` ran (Linux 6.18 let a shell's

@@ -24,7 +24,7 @@ use crate::error::{CommandFailure, Exit, JobError};
 /// holder is some escaped process, found through the pipe and killed.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
 /// How long the processes of a command's group get to die of SIGKILL before the whole
-/// cgroup is killed (what is left then escaped the group).
+/// cgroup is killed (one may have forked as the signal came).
 const GROUP_KILL_WAIT: Duration = Duration::from_millis(5);
 /// Without a cancel fd (none could be created), how often cancellation is checked.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
@@ -165,9 +165,10 @@ impl Supervisor<'_, '_> {
                 return;
             }
             // The group first, which is usually all there is: a cgroup that got
-            // `cgroup.kill` is not kept for the next command.
+            // `cgroup.kill` is not kept for the next command. Anything else in it (a
+            // process that left the group) calls for the cgroup's kill at once.
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            if cgroup.wait_empty(GROUP_KILL_WAIT) {
+            if cgroup.only_members_of(pid) && cgroup.wait_empty(GROUP_KILL_WAIT) {
                 return;
             }
             match cgroup.kill() {
