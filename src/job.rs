@@ -12,13 +12,13 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{CancelReason, JobError};
 use crate::process::{
     self, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
 };
+use crate::threads::JobThread;
 
 /// How far a build has come, as a job reports it with [`JobContext::progress`].
 ///
@@ -278,7 +278,7 @@ pub struct Job {
     cgroups: Arc<CgroupSlot>,
     on_finished: Option<OnFinished>,
     cancel: Arc<CancelToken>,
-    thread: Option<JoinHandle<Result<(), JobError>>>,
+    thread: Option<JobThread<Result<(), JobError>>>,
     result: Option<Result<(), JobError>>,
 }
 
@@ -358,8 +358,9 @@ impl Job {
         self
     }
 
-    /// Starts the job on a new thread; the timeout runs from here. A second call does
-    /// nothing.
+    /// Starts the job on a thread of its own (one a job that just ended left idle, or a
+    /// new one), with the signal mask of the calling thread; the timeout runs from here.
+    /// A second call does nothing.
     pub fn start(&mut self) {
         let Some(mut work) = self.work.take() else { return };
         let now = Instant::now();
@@ -374,7 +375,7 @@ impl Job {
             cgroups: self.cgroups.clone(),
         };
         let on_finished = self.on_finished.take();
-        let spawned = std::thread::Builder::new().name("genbuild-job".into()).spawn(move || {
+        let spawned = JobThread::spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run(&ctx)))
                 .unwrap_or_else(|panic| {
                     Err(JobError::Failed(format!("the job panicked: {}", panic_message(&*panic))))

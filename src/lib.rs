@@ -216,6 +216,7 @@ mod process;
 pub mod proto;
 mod status;
 pub mod store;
+mod threads;
 
 pub use builder::{Builder, BuilderConfig};
 pub use error::{CancelReason, CommandFailure, Error, Exit, JobError, StoreError};

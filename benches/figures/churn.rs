@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use genbuild::proto::{self, event};
 use parking_lot::Mutex;
 
-use crate::common::{fd_count, nonce, processes_with, rs, thread_count};
+use crate::common::{assert_threads_at_most, fd_count, nonce, processes_with, rs, thread_count};
 use crate::util::{count_and_kill_leftovers, fmt_ms, median, ms, percentile, shell_builder};
 use crate::{row, Plan, Row, HANG};
 
@@ -119,6 +119,8 @@ pub(crate) fn churn_rows(plan: &Plan) -> Vec<Row> {
         let during = (thread_count(), fd_count(), processes_with(&n).len());
         builder.stop();
         drop(builder);
+        // Job threads wait 50 ms for another job before they exit.
+        assert_threads_at_most(before.0);
         let after = (thread_count(), fd_count(), processes_with(&n).len());
         counts.0 = format!("{before:?} → {during:?} → {after:?}");
 
@@ -193,7 +195,8 @@ pub(crate) fn churn_rows(plan: &Plan) -> Vec<Row> {
             counts.0,
             counts.1,
             None,
-            "reference's SIGKILL of `sh` orphans its `sleep`".into(),
+            "after: once idle job threads exited (50 ms); reference's SIGKILL of `sh` orphans its `sleep`"
+                .into(),
         ),
         row(
             "state() from 8 threads during churn: median",

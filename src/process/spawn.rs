@@ -354,28 +354,52 @@ const STACK: usize = 64 << 10;
 /// elsewhere, or on a kernel without it, it enters by writing to `cgroup.procs`, a
 /// migration that costs up to an RCU grace period after a quiet spell.
 fn clone(child: &mut ChildData<'_>, target: Target<'_>) -> Result<(Pid, OwnedFd), CloneError> {
-    let page = page_size();
-    // SAFETY: a fresh private mapping, unmapped below once the child is gone from it.
-    let stack = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            STACK + page,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .map_err(|e| CloneError::Start(e.into()))?;
-    // SAFETY: the mapping made above: its lowest page becomes the guard page, and the
-    // rest is the child's stack until it is gone, when the mapping is removed.
-    let result = unsafe {
-        match rustix::mm::mprotect(stack, page, rustix::mm::MprotectFlags::empty()) {
-            Ok(()) => clone_on(child, target, stack.cast::<u8>().add(page), STACK),
-            Err(e) => Err(CloneError::Start(e.into())),
-        }
-    };
-    // SAFETY: the child has left the stack: it called execve or exited.
-    let _ = unsafe { rustix::mm::munmap(stack, STACK + page) };
+    let stack = Stack::take().map_err(|e| CloneError::Start(e.into()))?;
+    // SAFETY: the stack is this clone's alone until it is given back, after the child
+    // left it (it called execve or exited).
+    let result = unsafe { clone_on(child, target, stack.bottom, STACK) };
+    stack.give_back();
     result
+}
+
+/// A child's stack: [`STACK`] bytes above a guard page, mapped once and kept for the
+/// next clone (mapping and unmapping one per command took the address space's lock
+/// each time, while the child, sharing it, needed it too).
+struct Stack {
+    bottom: *mut u8,
+}
+
+// SAFETY: a stack is handed from thread to thread whole, never shared.
+unsafe impl Send for Stack {}
+
+static STACKS: parking_lot::Mutex<Vec<Stack>> = parking_lot::Mutex::new(Vec::new());
+
+impl Stack {
+    fn take() -> rustix::io::Result<Stack> {
+        if let Some(stack) = STACKS.lock().pop() {
+            return Ok(stack);
+        }
+        let page = page_size();
+        // SAFETY: a fresh private mapping, never unmapped: it is kept for the next clone.
+        unsafe {
+            let map = rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                STACK + page,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )?;
+            if let Err(e) = rustix::mm::mprotect(map, page, rustix::mm::MprotectFlags::empty()) {
+                let _ = rustix::mm::munmap(map, STACK + page);
+                return Err(e);
+            }
+            Ok(Stack { bottom: map.cast::<u8>().add(page) })
+        }
+    }
+
+    /// Kept for the next clone; one per thread that clones at once, at most.
+    fn give_back(self) {
+        STACKS.lock().push(self);
+    }
 }
 
 /// # Safety

@@ -1,0 +1,180 @@
+//! The threads jobs run on, kept a moment for the next job.
+//!
+//! Each job runs on a thread of its own. Starting one per job cost the pre-empting
+//! `eval()` about 60 µs (creation, then the new thread's first scheduling), and its
+//! exit, concurrent with the next job's spawn, took the address space's lock the
+//! spawning child needed. A thread whose job ended waits [`IDLE`] for another, then
+//! exits: a builder whose commits come minutes apart keeps no thread between them.
+//!
+//! A job's thread gets the signal mask of the thread that started the job, as a new
+//! thread would (its commands inherit it).
+
+use std::io;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+/// How long a thread whose job ended waits for the next one.
+const IDLE: Duration = Duration::from_millis(50);
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The idle threads, each as the end a job is sent to.
+static IDLE_THREADS: Mutex<Vec<Sender<Task>>> = Mutex::new(Vec::new());
+
+/// A job's thread, from the job's start until its result is taken.
+pub(crate) struct JobThread<T> {
+    done: Receiver<std::thread::Result<T>>,
+}
+
+impl<T: Send + 'static> JobThread<T> {
+    /// Runs `f` on an idle thread, or on a new one named `genbuild-job`.
+    pub(crate) fn spawn(f: impl FnOnce() -> T + Send + 'static) -> io::Result<JobThread<T>> {
+        let (send_done, done) = crossbeam_channel::bounded(1);
+        let mask = signal_mask();
+        let mut task: Task = Box::new(move || {
+            set_signal_mask(&mask);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = send_done.send(result);
+        });
+        loop {
+            let Some(thread) = IDLE_THREADS.lock().pop() else { break };
+            // A thread that gave up waiting takes itself out of the list first, so this
+            // fails only if it died otherwise; then the next one is tried.
+            match thread.send(task) {
+                Ok(()) => return Ok(JobThread { done }),
+                Err(returned) => task = returned.into_inner(),
+            }
+        }
+        let (sender, tasks) = crossbeam_channel::bounded::<Task>(1);
+        std::thread::Builder::new().name("genbuild-job".into()).spawn(move || run(task, sender, tasks))?;
+        Ok(JobThread { done })
+    }
+
+    /// Blocks until the job returned (or panicked) and gives its result.
+    pub(crate) fn join(self) -> std::thread::Result<T> {
+        self.done.recv().unwrap_or_else(|_| Err(Box::new("the job's thread ended without a result")))
+    }
+
+    /// Whether the job returned (or panicked), without waiting.
+    pub(crate) fn is_finished(&self) -> bool {
+        !self.done.is_empty()
+    }
+}
+
+/// A job thread's life: its first task, then each task sent to it while it waits in
+/// [`IDLE_THREADS`], until it waited [`IDLE`] in vain.
+fn run(first: Task, sender: Sender<Task>, tasks: Receiver<Task>) {
+    first();
+    loop {
+        IDLE_THREADS.lock().push(sender.clone());
+        let task = match tasks.recv_timeout(IDLE) {
+            Ok(task) => task,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut idle = IDLE_THREADS.lock();
+                match idle.iter().position(|s| s.same_channel(&sender)) {
+                    // Still listed: nobody can send to it any more once it is removed.
+                    Some(at) => {
+                        idle.swap_remove(at);
+                        return;
+                    }
+                    // Taken off the list by a job's start: its task is on the way.
+                    None => {
+                        drop(idle);
+                        match tasks.recv() {
+                            Ok(task) => task,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        task();
+    }
+}
+
+fn signal_mask() -> libc::sigset_t {
+    // SAFETY: a query of this thread's mask into a zeroed plain C struct.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
+        mask
+    }
+}
+
+fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: sets this thread's mask to one read from another thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn os_thread_id() -> i32 {
+        // SAFETY: no preconditions.
+        unsafe { libc::gettid() }
+    }
+
+    fn blocks_sigusr1() -> bool {
+        // SAFETY: a membership test on a mask just read.
+        unsafe { libc::sigismember(&signal_mask(), libc::SIGUSR1) == 1 }
+    }
+
+    /// A job started right after another ended runs on the same thread, with the
+    /// signal mask of the thread that started it, not the one before; an idle thread
+    /// exits after [`IDLE`].
+    #[test]
+    fn a_thread_is_kept_a_moment_for_the_next_job_with_the_starters_signal_mask() {
+        let blocked = std::thread::spawn(|| {
+            // SAFETY: this thread's mask only.
+            unsafe {
+                let mut usr1: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut usr1);
+                libc::sigaddset(&mut usr1, libc::SIGUSR1);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut());
+            }
+            JobThread::spawn(|| (os_thread_id(), blocks_sigusr1())).unwrap().join().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(blocked.1, "the job did not get its starter's mask");
+        // Other tests start jobs too: among a few tries, one lands on that thread.
+        let reused = (0..50).find_map(|_| {
+            let (tid, usr1) =
+                JobThread::spawn(|| (os_thread_id(), blocks_sigusr1())).unwrap().join().unwrap();
+            (tid == blocked.0).then_some(usr1)
+        });
+        assert_eq!(reused, Some(false), "the thread was not reused, or kept the former mask");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::path::Path::new(&format!("/proc/self/task/{}", blocked.0)).exists() {
+            assert!(Instant::now() < deadline, "an idle job thread did not exit");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_panic_is_the_joins_error_and_the_thread_goes_on() {
+        let thread = JobThread::spawn(|| -> () { panic!("on purpose") }).unwrap();
+        let panic = thread.join().unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"on purpose"));
+        assert_eq!(JobThread::spawn(|| 7).unwrap().join().unwrap(), 7);
+    }
+
+    #[test]
+    fn is_finished_says_whether_the_result_is_there() {
+        let (go, wait) = crossbeam_channel::bounded::<()>(0);
+        let thread = JobThread::spawn(move || drop(wait.recv())).unwrap();
+        assert!(!thread.is_finished());
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        thread.join().unwrap();
+    }
+}
