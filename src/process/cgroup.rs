@@ -113,6 +113,8 @@ pub(super) struct Cgroup {
     events: OwnedFd,
     /// Its directory, to clone children into.
     dir_fd: OwnedFd,
+    /// Its `cgroup.stat`, for `nr_descendants`.
+    stat: OwnedFd,
     /// Once `cgroup.kill` was written: Linux 6.18 kills children cloned into it.
     killed: AtomicBool,
     entry: Entry,
@@ -216,11 +218,12 @@ impl Cgroup {
                 Err(e) => return Err(e),
             }
         };
-        let open = || -> io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
+        let open = || -> io::Result<[OwnedFd; 4]> {
             let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
             let events = fs::File::open(dir.join("cgroup.events"))?;
             let dir_fd = fs::File::open(&dir)?;
-            Ok((procs.into(), events.into(), dir_fd.into()))
+            let stat = fs::File::open(dir.join("cgroup.stat"))?;
+            Ok([procs.into(), events.into(), dir_fd.into(), stat.into()])
         };
         let opened = open().and_then(|files| match can_kill(&dir) {
             true => Ok(files),
@@ -231,10 +234,10 @@ impl Cgroup {
             )),
         });
         match opened {
-            Ok((procs, events, dir_fd)) => {
+            Ok([procs, events, dir_fd, stat]) => {
                 let entry = Entry(Arc::new(AtomicI32::new(procs.as_raw_fd())));
                 let killed = AtomicBool::new(false);
-                Ok(Cgroup { dir, procs, events, dir_fd, killed, entry, removed: false })
+                Ok(Cgroup { dir, procs, events, dir_fd, stat, killed, entry, removed: false })
             }
             Err(e) => {
                 let _ = fs::remove_dir(&dir);
@@ -268,8 +271,11 @@ impl Cgroup {
         if self.killed.load(Ordering::Relaxed) {
             return false;
         }
-        let descendants = fs::read_to_string(self.dir.join("cgroup.stat")).unwrap_or_default();
-        self.is_empty() && !self.says("frozen 1") && descendants.lines().any(|l| l == "nr_descendants 0")
+        let (events, stat) = (read_at_start(&self.events), read_at_start(&self.stat));
+        let (events, stat) = (events.unwrap_or_default(), stat.unwrap_or_default());
+        events.lines().any(|l| l == "populated 0")
+            && !events.lines().any(|l| l == "frozen 1")
+            && stat.lines().any(|l| l == "nr_descendants 0")
     }
 
     /// SIGKILL to every process in the cgroup and below; returns at once (see
@@ -400,11 +406,10 @@ impl Cgroup {
 
     /// Whether `cgroup.events` holds `line` (read afresh, which also re-arms `poll`).
     fn says(&self, line: &str) -> bool {
-        let mut buf = [0u8; 256];
-        match rustix::io::pread(self.events.as_fd(), &mut buf, 0) {
-            Ok(n) => String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == line),
+        match read_at_start(&self.events) {
+            Some(events) => events.lines().any(|l| l == line),
             // Gone: nothing can be in it.
-            Err(_) => line.starts_with("populated"),
+            None => line.starts_with("populated"),
         }
     }
 
@@ -477,6 +482,14 @@ fn dead_owner(name: &str, own: u32) -> Option<u32> {
     let pid: u32 = pid.parse().ok()?;
     n.parse::<u64>().ok()?;
     (pid != own && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// What a small cgroup file holds now; `None` if it cannot be read (its cgroup is
+/// gone).
+fn read_at_start(file: &OwnedFd) -> Option<String> {
+    let mut buf = [0u8; 512];
+    let n = rustix::io::pread(file.as_fd(), &mut buf, 0).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// Depth first: a process running as root may have created cgroups below its own.
