@@ -213,15 +213,14 @@ impl Shared {
         let state = self.state.lock();
         let machine = &state.machine;
         let uuid = machine.generation_uuid().unwrap_or_default().to_string();
-        let (generation, last_error) = self.store.generation_and_last_error(&uuid);
         proto::Builder {
             is_evaluating: Some(machine.is_evaluating()),
             is_building: Some(machine.is_building()),
-            generation,
+            generation: self.store.generation(&uuid),
             generation_uuid: uuid,
             is_suspended: Some(machine.is_suspended()),
             hostname: self.config.hostname.clone(),
-            last_error: last_error.unwrap_or_default(),
+            last_error: self.store.last_error().unwrap_or_default(),
             build_progress: machine.is_building().then(|| self.subscribers.latest_progress()).flatten(),
         }
     }

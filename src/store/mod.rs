@@ -232,14 +232,6 @@ impl Store {
         self.state.lock().last_error.clone()
     }
 
-    /// [`generation`](Store::generation) and [`last_error`](Store::last_error) at
-    /// once, under one lock: what the builder's `state()` copies.
-    pub(crate) fn generation_and_last_error(&self, uuid: &str) -> (Option<Generation>, Option<String>) {
-        let state = self.state.lock();
-        let generation = state.data.generations.iter().find(|g| g.uuid == uuid).cloned();
-        (generation, state.last_error.clone())
-    }
-
     /// Creates a generation from the repository status and marks it `evaluating`.
     /// Collects generations that are none of the last eval-started, eval-finished,
     /// build-started and build-finished ones.
