@@ -18,10 +18,27 @@ use parking_lot::Mutex;
 /// How long a thread whose job ended waits for the next one.
 const IDLE: Duration = Duration::from_millis(50);
 
-type Task = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
-/// The idle threads, each as the end a job is sent to.
+/// What an idle thread is sent.
+enum Task {
+    Run(Job),
+    /// Exit now rather than after [`IDLE`].
+    Retire,
+}
+
+/// The idle threads, each as the end a task is sent to.
 static IDLE_THREADS: Mutex<Vec<Sender<Task>>> = Mutex::new(Vec::new());
+
+/// Makes every idle job thread exit now: the fuzzer's builder checks count the threads
+/// left once a builder is gone, and must not wait [`IDLE`] for each.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn retire_idle() {
+    let idle = std::mem::take(&mut *IDLE_THREADS.lock());
+    for thread in idle {
+        let _ = thread.send(Task::Retire);
+    }
+}
 
 /// A job's thread, from the job's start until its result is taken.
 pub(crate) struct JobThread<T> {
@@ -33,7 +50,7 @@ impl<T: Send + 'static> JobThread<T> {
     pub(crate) fn spawn(f: impl FnOnce() -> T + Send + 'static) -> io::Result<JobThread<T>> {
         let (send_done, done) = crossbeam_channel::bounded(1);
         let mask = signal_mask();
-        let mut task: Task = Box::new(move || {
+        let mut job: Job = Box::new(move || {
             set_signal_mask(&mask);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = send_done.send(result);
@@ -42,13 +59,16 @@ impl<T: Send + 'static> JobThread<T> {
             let Some(thread) = IDLE_THREADS.lock().pop() else { break };
             // A thread that gave up waiting takes itself out of the list first, so this
             // fails only if it died otherwise; then the next one is tried.
-            match thread.send(task) {
+            match thread.send(Task::Run(job)) {
                 Ok(()) => return Ok(JobThread { done }),
-                Err(returned) => task = returned.into_inner(),
+                Err(returned) => match returned.into_inner() {
+                    Task::Run(returned) => job = returned,
+                    Task::Retire => unreachable!("sent a job"),
+                },
             }
         }
         let (sender, tasks) = crossbeam_channel::bounded::<Task>(1);
-        std::thread::Builder::new().name("genbuild-job".into()).spawn(move || run(task, sender, tasks))?;
+        std::thread::Builder::new().name("genbuild-job".into()).spawn(move || run(job, sender, tasks))?;
         Ok(JobThread { done })
     }
 
@@ -65,7 +85,7 @@ impl<T: Send + 'static> JobThread<T> {
 
 /// A job thread's life: its first task, then each task sent to it while it waits in
 /// [`IDLE_THREADS`], until it waited [`IDLE`] in vain.
-fn run(first: Task, sender: Sender<Task>, tasks: Receiver<Task>) {
+fn run(first: Job, sender: Sender<Task>, tasks: Receiver<Task>) {
     first();
     loop {
         IDLE_THREADS.lock().push(sender.clone());
@@ -91,7 +111,10 @@ fn run(first: Task, sender: Sender<Task>, tasks: Receiver<Task>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        task();
+        match task {
+            Task::Run(job) => job(),
+            Task::Retire => return,
+        }
     }
 }
 

@@ -573,6 +573,7 @@ pub fn check_builder(ops: &[Op]) {
         );
     }
     drop(c);
+    crate::threads::retire_idle();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let now = genbuild_threads();
