@@ -114,8 +114,8 @@ impl JobContext {
     /// [`JobError::TimedOut`] or [`JobError::Cancelled`]. When the command exits,
     /// whatever it left running is killed. A command that exits non-zero or by a signal
     /// gives [`JobError::Command`] naming the command, its status and the last lines of
-    /// its stderr. In a program that ignores SIGCHLD, no command is started: see
-    /// [`ProcessOptions`].
+    /// its stderr. In a program whose kernel reaps its children (SIGCHLD ignored, or
+    /// a handler with `SA_NOCLDWAIT`), no command is started: see [`ProcessOptions`].
     ///
     /// In a cgroup, genbuild starts the command itself, the way `posix_spawn` does, so
     /// that it enters the cgroup before `exec` without the cost of a `fork`: the

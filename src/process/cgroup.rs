@@ -41,9 +41,10 @@ const KILL_ROUND: Duration = Duration::from_millis(100);
 /// cgroup kept is removed with the slot.
 ///
 /// A cgroup is kept only once its command's processes are all gone, and only if
-/// nothing was left in it: no cgroup below it, not frozen. A command running as root
-/// can change its own cgroup's settings (limits of controllers the parent enables);
-/// the next command of the same builder inherits them.
+/// nothing was left in it (no cgroup below it, not frozen) and it never needed
+/// `cgroup.kill` (Linux 6.18 kills children born in such a cgroup). A command running
+/// as root can change its own cgroup's settings (limits of controllers the parent
+/// enables); the next command of the same builder inherits them.
 #[derive(Default)]
 pub(crate) struct CgroupSlot(parking_lot::Mutex<Option<Cgroup>>);
 

@@ -8,12 +8,12 @@
 //!
 //! * **Containment** ([`cgroup`], [`tree`]). Where a writable cgroup v2 hierarchy
 //!   exists, every command runs in a child cgroup of its own, born in it or entering it
-//!   before `exec` ([`spawn`]); SIGKILL to the command's process group is usually all
-//!   it takes, and what that leaves after 5 ms (processes that called `setsid`,
-//!   double-forked or were re-parented to init) dies by killing the cgroup
-//!   (`cgroup.kill`), repeated every 100 ms until the cgroup is empty: one kill misses
-//!   a process that comes in after it (a fork racing with `cgroup.kill`). An emptied
-//!   cgroup is kept for the next command ([`CgroupSlot`]).
+//!   before `exec` ([`spawn`]). SIGKILL to the command's process group is usually all
+//!   it takes; a process that left the group (`setsid`, a double fork, re-parented to
+//!   init) dies by killing the cgroup (`cgroup.kill`), repeated every 100 ms until the
+//!   cgroup is empty: one kill misses a process that comes in after it (a fork racing
+//!   with `cgroup.kill`). An emptied cgroup is kept for the next command
+//!   ([`CgroupSlot`]).
 //!   Elsewhere the command's process group and the descendants found by walking
 //!   `/proc` are what can be reached, listed *before* the first signal (a builder whose
 //!   parent died is re-parented and lost to a later walk), and again from every member
