@@ -249,6 +249,57 @@ fn a_cgroup_killed_whole_for_an_escaped_process_is_not_kept() {
     drop(job);
 }
 
+/// Eight jobs starting commands at once, each in cgroups of its own: every command
+/// gets its own arguments and output (the children's stacks and the job threads are
+/// shared between jobs one after the other, never at once), and nothing is left.
+#[test]
+fn eight_jobs_starting_commands_at_once_each_get_their_own() {
+    let Some(dir) = auto_cgroup_parent() else { return };
+    let n = nonce();
+    // (job, command, its stdout)
+    type Outputs = crossbeam_channel::Receiver<(usize, usize, String)>;
+    let jobs: Vec<(Job, Outputs)> = (0..8)
+        .map(|j| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let n = n.clone();
+            let mut job = Job::new(
+                move |ctx: &JobContext| {
+                    for c in 0..30 {
+                        let mut cmd = sh(&format!("echo \"$0 $1\"; sleep 0.001{n}"));
+                        cmd.args([j.to_string(), c.to_string()]);
+                        let _ = tx.send((j, c, ctx.run(cmd)?.stdout));
+                    }
+                    Ok(())
+                },
+                HANG,
+            );
+            job.start();
+            (job, rx)
+        })
+        .collect();
+    for (mut job, outputs) in jobs {
+        job.wait();
+        assert_eq!(job.error(), None);
+        let outputs: Vec<_> = outputs.try_iter().collect();
+        assert_eq!(outputs.len(), 30);
+        for (j, c, out) in outputs {
+            assert_eq!(out, format!("{j} {c}\n"));
+        }
+    }
+    assert_none_left(&n, "cgroup v2 (Auto)");
+    let prefix = format!("genbuild-{}-", std::process::id());
+    let deadline = Instant::now() + HANG;
+    // Cgroups of other tests running meanwhile come and go; none may stay.
+    while std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    {
+        assert!(Instant::now() < deadline, "cgroups of this process left in {}", dir.display());
+        std::thread::yield_now();
+    }
+}
+
 /// The `sleep` processes carrying `marker`.
 fn sleepers(marker: &str) -> Vec<i32> {
     processes_with(marker)
