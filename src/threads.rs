@@ -5,11 +5,13 @@
 //! exit, concurrent with the next job's spawn, took the address space's lock the
 //! spawning child needed. A thread whose job ended waits [`IDLE`] for another, then
 //! exits: a builder whose commits come minutes apart keeps no thread between them.
+//! Dropping a builder retires and joins the idle ones at once ([`retire_idle`]).
 //!
 //! A job's thread gets the signal mask of the thread that started the job, as a new
 //! thread would (its commands inherit it).
 
 use std::io;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -28,15 +30,31 @@ enum Task {
 }
 
 /// The idle threads, each as the end a task is sent to.
-static IDLE_THREADS: Mutex<Vec<Sender<Task>>> = Mutex::new(Vec::new());
+static IDLE_THREADS: Mutex<Vec<(Sender<Task>, ThreadId)>> = Mutex::new(Vec::new());
 
-/// Makes every idle job thread exit now: the fuzzer's builder checks count the threads
-/// left once a builder is gone, and must not wait [`IDLE`] for each.
-#[cfg(any(test, feature = "fuzzing"))]
+/// Every job thread started and not joined yet. (A `Vec`: a static `HashMap` points
+/// into its table, which valgrind reports as possibly lost at exit.)
+static HANDLES: Mutex<Vec<(ThreadId, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// Makes every idle job thread exit now and joins it, with those that exited on their
+/// own: when the last builder goes, no thread of genbuild outlives it (a program that
+/// exits next, or valgrind, sees none), and the fuzzer's builder check need not wait
+/// [`IDLE`] before it counts the threads left.
 pub(crate) fn retire_idle() {
     let idle = std::mem::take(&mut *IDLE_THREADS.lock());
-    for thread in idle {
+    for (thread, _) in &idle {
         let _ = thread.send(Task::Retire);
+    }
+    let done: Vec<(ThreadId, JoinHandle<()>)> = {
+        let mut handles = HANDLES.lock();
+        let retired =
+            |id: &ThreadId, h: &JoinHandle<()>| h.is_finished() || idle.iter().any(|(_, i)| i == id);
+        let (done, busy) = std::mem::take(&mut *handles).into_iter().partition(|(id, h)| retired(id, h));
+        *handles = busy;
+        done
+    };
+    for (_, thread) in done {
+        let _ = thread.join();
     }
 }
 
@@ -56,7 +74,7 @@ impl<T: Send + 'static> JobThread<T> {
             let _ = send_done.send(result);
         });
         loop {
-            let Some(thread) = IDLE_THREADS.lock().pop() else { break };
+            let Some((thread, _)) = IDLE_THREADS.lock().pop() else { break };
             // A thread that gave up waiting takes itself out of the list first, so this
             // fails only if it died otherwise; then the next one is tried.
             match thread.send(Task::Run(job)) {
@@ -68,7 +86,12 @@ impl<T: Send + 'static> JobThread<T> {
             }
         }
         let (sender, tasks) = crossbeam_channel::bounded::<Task>(1);
-        std::thread::Builder::new().name("genbuild-job".into()).spawn(move || run(job, sender, tasks))?;
+        let thread =
+            std::thread::Builder::new().name("genbuild-job".into()).spawn(move || run(job, sender, tasks))?;
+        let mut handles = HANDLES.lock();
+        // Those that exited on their own: their handles go, which frees what they held.
+        handles.retain(|(_, h)| !h.is_finished());
+        handles.push((thread.thread().id(), thread));
         Ok(JobThread { done })
     }
 
@@ -86,14 +109,15 @@ impl<T: Send + 'static> JobThread<T> {
 /// A job thread's life: its first task, then each task sent to it while it waits in
 /// [`IDLE_THREADS`], until it waited [`IDLE`] in vain.
 fn run(first: Job, sender: Sender<Task>, tasks: Receiver<Task>) {
+    let me = std::thread::current().id();
     first();
     loop {
-        IDLE_THREADS.lock().push(sender.clone());
+        IDLE_THREADS.lock().push((sender.clone(), me));
         let task = match tasks.recv_timeout(IDLE) {
             Ok(task) => task,
             Err(RecvTimeoutError::Timeout) => {
                 let mut idle = IDLE_THREADS.lock();
-                match idle.iter().position(|s| s.same_channel(&sender)) {
+                match idle.iter().position(|(_, id)| *id == me) {
                     // Still listed: nobody can send to it any more once it is removed.
                     Some(at) => {
                         idle.swap_remove(at);
@@ -177,6 +201,24 @@ mod tests {
             assert!(Instant::now() < deadline, "an idle job thread did not exit");
             std::thread::yield_now();
         }
+    }
+
+    /// After `retire_idle`, an idle job thread is not only told to go: it is joined,
+    /// so that nothing of it is left when the last builder is dropped.
+    #[test]
+    fn retire_idle_joins_the_idle_threads() {
+        let id = JobThread::spawn(|| std::thread::current().id()).unwrap().join().unwrap();
+        // It lists itself as idle right after its job; others' jobs may take it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !IDLE_THREADS.lock().iter().any(|(_, i)| *i == id) {
+            if !HANDLES.lock().iter().any(|(i, _)| *i == id) {
+                return eprintln!("skipped: another test's job took the thread, which then exited");
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        retire_idle();
+        assert!(!HANDLES.lock().iter().any(|(i, _)| *i == id), "the retired thread was not joined");
     }
 
     #[test]

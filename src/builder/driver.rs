@@ -371,7 +371,8 @@ impl Shared {
 impl Drop for Shared {
     /// Joins the threads of the jobs left, except the one this runs on: when a job
     /// drops the builder's last handle, the builder goes with the job's end, on the
-    /// job's own thread, which a reaper thread joins instead.
+    /// job's own thread, which a reaper thread joins instead. Then the idle job
+    /// threads exit.
     fn drop(&mut self) {
         let own = reentry::own_job(self.id);
         for (id, job) in self.state.get_mut().jobs.drain() {
@@ -393,5 +394,7 @@ impl Drop for Shared {
                 }
             }
         }
+        // Job threads left idle (this builder's, or another's) would outlive it.
+        crate::threads::retire_idle();
     }
 }
