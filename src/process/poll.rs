@@ -12,7 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, Timespec};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fd::BorrowedFd;
 use rustix::io::Errno;
 
 /// The longest timeout handed to one `poll`: `i32::MAX` milliseconds.
@@ -39,6 +40,19 @@ pub(super) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> R
         None => None,
     };
     polled(rustix::event::poll(fds, timeout.as_ref()))
+}
+
+/// Polls `fd` until it is readable (`true`) or `deadline` passes (`false`): a pidfd
+/// until its process exits, a wake fd until it is woken.
+pub(super) fn readable_until(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool, Errno> {
+    loop {
+        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+        match poll_until(&mut fds, deadline)? {
+            Polled::Ready => return Ok(true),
+            Polled::Again => {}
+            Polled::Passed => return Ok(false),
+        }
+    }
 }
 
 /// `left` as a `poll` timeout, at most [`MAX_TIMEOUT`].

@@ -248,16 +248,10 @@ impl Plan {
 /// (Linux 6.18 kills a child cloned into a cgroup that once got `cgroup.kill`): then it
 /// is dead of SIGKILL within moments.
 fn killed_at_birth(pidfd: &OwnedFd) -> bool {
-    use super::poll::{poll_until, Polled};
     use rustix::process::{waitid, WaitId, WaitIdOptions};
     let deadline = super::deadline_after(Duration::from_millis(20));
-    loop {
-        let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
-        match poll_until(&mut fds, deadline) {
-            Ok(Polled::Ready) => break,
-            Ok(Polled::Again) => continue,
-            Ok(Polled::Passed) | Err(_) => return false,
-        }
+    if !matches!(super::poll::readable_until(pidfd.as_fd(), deadline), Ok(true)) {
+        return false;
     }
     let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
     let status = waitid(WaitId::PidFd(pidfd.as_fd()), options).ok().flatten();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::cgroup::Cgroup;
-use super::poll::{poll_until, Polled};
+use super::poll::readable_until;
 use super::spawn::Child;
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
@@ -91,21 +91,21 @@ impl ExitWatch {
     /// A `poll` that fails counts as "not exited": the caller hands the process to a
     /// reaper, which blocks in `wait` instead.
     pub(super) fn wait_exit(&mut self, limit: Option<Duration>) -> bool {
-        use rustix::event::{PollFd, PollFlags};
-        let deadline = limit.and_then(deadline_after);
-        while !self.exited() {
-            let mut fds = [PollFd::from_borrowed_fd(self.fd(), PollFlags::IN)];
-            match poll_until(&mut fds, deadline) {
-                Ok(Polled::Ready) => self.set_exited(),
-                Ok(Polled::Again) => {}
-                Ok(Polled::Passed) => return false,
-                Err(e) => {
-                    log::error!("cannot poll for a command's exit ({e})");
-                    return false;
+        if self.exited() {
+            return true;
+        }
+        match readable_until(self.fd(), limit.and_then(deadline_after)) {
+            Ok(exited) => {
+                if exited {
+                    self.set_exited();
                 }
+                exited
+            }
+            Err(e) => {
+                log::error!("cannot poll for a command's exit ({e})");
+                false
             }
         }
-        true
     }
 
     /// Reaps `child` if it exits within `limit`; `None` if it does not.
