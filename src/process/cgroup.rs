@@ -27,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::process::Pid;
 
 use super::poll::{poll_until, Polled};
 use super::{deadline_after, Containment};
@@ -150,8 +151,7 @@ impl Cgroup {
     /// The cgroup `containment` asks for: `None` for the process tree (also when
     /// [`Containment::Auto`] finds no writable cgroup v2, or one that cannot kill), an
     /// error when [`Containment::Cgroup`]'s directory does not take a child or its
-    /// cgroups cannot kill.
-    /// A cgroup kept in `slot` under the same parent is used again.
+    /// cgroups cannot kill. A cgroup kept in `slot` under the same parent is used again.
     pub(super) fn for_command(
         containment: &Containment,
         slot: &CgroupSlot,
@@ -167,40 +167,41 @@ impl Cgroup {
         if let Some(cgroup) = slot.take(parent) {
             return Ok(Some(cgroup));
         }
-        match containment {
-            Containment::ProcessTree => Ok(None),
-            Containment::Auto => {
-                match Cgroup::create(parent) {
-                    Ok(cgroup) => Ok(Some(cgroup)),
-                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                        static LOGGED: AtomicBool = AtomicBool::new(false);
-                        if !LOGGED.swap(true, Ordering::Relaxed) {
-                            log::debug!("cgroups under {} {e}: commands are contained by their process tree", parent.display());
-                        }
-                        Ok(None)
+        let created = Cgroup::create(parent);
+        if *containment == Containment::Auto {
+            return match created {
+                Ok(cgroup) => Ok(Some(cgroup)),
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    static LOGGED: AtomicBool = AtomicBool::new(false);
+                    if !LOGGED.swap(true, Ordering::Relaxed) {
+                        log::debug!(
+                            "cgroups under {} {e}: commands are contained by their process tree",
+                            parent.display()
+                        );
                     }
-                    Err(e) => {
-                        log::debug!("cannot create a cgroup under {} ({e}): process tree", parent.display());
-                        Ok(None)
-                    }
+                    Ok(None)
                 }
-            }
-            Containment::Cgroup(parent) => Cgroup::create(parent).map(Some).map_err(|e| {
-                if e.kind() == io::ErrorKind::Unsupported {
-                    format!(
-                        "Containment::Cgroup({}): its cgroups {e}; use Containment::Auto or \
-                         Containment::ProcessTree, which contain commands by their process tree on this kernel",
-                        parent.display()
-                    )
-                } else {
-                    format!(
-                        "cannot create a cgroup for the command under {} ({e}); it must be a writable \
-                         cgroup v2 directory (or use Containment::Auto, which falls back to the process tree)",
-                        parent.display()
-                    )
+                Err(e) => {
+                    log::debug!("cannot create a cgroup under {} ({e}): process tree", parent.display());
+                    Ok(None)
                 }
-            }),
+            };
         }
+        created.map(Some).map_err(|e| {
+            if e.kind() == io::ErrorKind::Unsupported {
+                format!(
+                    "Containment::Cgroup({}): its cgroups {e}; use Containment::Auto or \
+                     Containment::ProcessTree, which contain commands by their process tree on this kernel",
+                    parent.display()
+                )
+            } else {
+                format!(
+                    "cannot create a cgroup for the command under {} ({e}); it must be a writable \
+                     cgroup v2 directory (or use Containment::Auto, which falls back to the process tree)",
+                    parent.display()
+                )
+            }
+        })
     }
 
     /// A new child cgroup of `parent`, named after this process and a counter. An error
@@ -296,10 +297,8 @@ impl Cgroup {
         let freeze = newer_file(&self.dir, "cgroup.freeze");
         fs::write(&freeze, "1")?;
         self.wait_for("frozen 1", Duration::from_secs(1));
-        for pid in pids_below(&self.dir) {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        for pid in self.listed() {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         fs::write(&freeze, "0")
     }
@@ -317,25 +316,28 @@ impl Cgroup {
     /// says so. `populated 0` is what counts: a listed pid recycled before its pidfd was
     /// opened names a stranger, whose pidfd is then simply never awaited to the end.
     pub(super) fn wait_empty(&self, limit: Duration) -> bool {
-        use rustix::process::{pidfd_open, Pid, PidfdFlags};
         if self.is_empty() {
             return true;
         }
-        let pidfds: Vec<OwnedFd> = pids_below(&self.dir)
-            .into_iter()
-            .filter_map(Pid::from_raw)
-            .filter_map(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
-            .collect();
-        self.wait_empty_watching(&pidfds, limit)
+        self.wait_empty_watching(&pidfds(&self.listed()), limit)
     }
 
-    /// Whether every process in the cgroup and below it belongs to the process group
-    /// `group`.
-    pub(super) fn only_members_of(&self, group: rustix::process::Pid) -> bool {
-        pids_below(&self.dir).into_iter().filter_map(rustix::process::Pid::from_raw).all(|pid| {
-            // Gone meanwhile: nothing left to wait for.
-            rustix::process::getpgid(Some(pid)).map_or(true, |g| g == group)
-        })
+    /// [`wait_empty`](Cgroup::wait_empty), if every process in the cgroup and below it
+    /// belongs to the process group `group` (which got SIGKILL); `false` at once if one
+    /// does not.
+    pub(super) fn wait_group_empty(&self, group: Pid, limit: Duration) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let listed = self.listed();
+        // Gone meanwhile: nothing left to wait for.
+        let member = |pid: &Pid| rustix::process::getpgid(Some(*pid)).map_or(true, |g| g == group);
+        listed.iter().all(member) && self.wait_empty_watching(&pidfds(&listed), limit)
+    }
+
+    /// The processes in the cgroup and below it.
+    fn listed(&self) -> Vec<Pid> {
+        pids_below(&self.dir).into_iter().filter_map(Pid::from_raw).collect()
     }
 
     /// Kills what is listed in the cgroup round after round until it is empty or `limit`
@@ -530,6 +532,13 @@ fn newer_file(dir: &Path, name: &str) -> PathBuf {
         return dir.join(format!("{name}.missing-before-linux-5.2"));
     }
     dir.join(name)
+}
+
+/// Pidfds of those of `pids` still alive.
+fn pidfds(pids: &[Pid]) -> Vec<OwnedFd> {
+    pids.iter()
+        .filter_map(|&pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+        .collect()
 }
 
 /// Every pid in `dir`'s `cgroup.procs` and in those of the cgroups below it.

@@ -168,7 +168,7 @@ impl Supervisor<'_, '_> {
             // `cgroup.kill` is not kept for the next command. Anything else in it (a
             // process that left the group) calls for the cgroup's kill at once.
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            if cgroup.only_members_of(pid) && cgroup.wait_empty(GROUP_KILL_WAIT) {
+            if cgroup.wait_group_empty(pid, GROUP_KILL_WAIT) {
                 return;
             }
             match cgroup.kill() {
