@@ -66,11 +66,21 @@ pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) {
 /// The processes other than this one holding an end of a pipe whose inode is in
 /// `inodes`. Reads every `/proc/PID/fd`: only worth it when a pipe outlives its
 /// command.
+///
+/// A child of this process that has not called `exec` yet is not one: it is another
+/// command being started, which holds copies of all our fds (this pipe's read end
+/// included) until its `exec` closes them.
 pub(super) fn pipe_holders(inodes: &[u64]) -> Vec<ProcId> {
     let me = std::process::id() as i32;
     let names: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
+    let starting = |pid: i32| {
+        stat(pid).is_some_and(|s| s.ppid == me)
+            && own_exe.is_some()
+            && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == own_exe
+    };
     all_pids()
-        .filter(|&pid| pid != me)
+        .filter(|&pid| pid != me && !starting(pid))
         .filter(|pid| {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
             fds.flatten().any(|fd| {
@@ -184,6 +194,43 @@ mod tests {
     use super::*;
     use std::process::Command;
     use std::time::{Duration, Instant};
+
+    /// Another command being started (a child of ours before its `exec`) holds a copy
+    /// of a pipe's read end for a moment: it is not taken for the pipe's holder, which
+    /// would kill it. A process that holds the pipe after its `exec` is.
+    #[test]
+    fn a_child_of_ours_before_its_exec_does_not_hold_a_pipe() {
+        use std::os::unix::process::CommandExt;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let inode = std::fs::File::from(read.try_clone().unwrap()).metadata().unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&inode);
+        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+        let mut starting = Command::new("true");
+        // SAFETY: write(2) and nanosleep(2) only, both async-signal-safe.
+        unsafe {
+            starting.pre_exec(move || {
+                libc::write(ready_fd, b"r".as_ptr().cast(), 1);
+                let pause = libc::timespec { tv_sec: 2, tv_nsec: 0 };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let spawner = std::thread::spawn(move || starting.spawn().unwrap().wait().unwrap());
+        rustix::io::read(&ready_r, &mut [0u8; 1]).unwrap();
+        let holders: Vec<i32> = pipe_holders(&[inode]).into_iter().map(|(pid, _)| pid).collect();
+        spawner.join().unwrap();
+        assert_eq!(holders, Vec::<i32>::new(), "a child before its exec was taken for a holder");
+        let mut holder = Command::new("sleep")
+            .arg("30")
+            .stdout(std::process::Stdio::from(std::fs::File::from(write)))
+            .spawn()
+            .unwrap();
+        let holders: Vec<i32> = pipe_holders(&[inode]).into_iter().map(|(pid, _)| pid).collect();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(holders, [holder.id() as i32]);
+    }
 
     #[test]
     fn stat_fields_survive_odd_command_names() {
