@@ -7,9 +7,15 @@
 //! exits: a builder whose commits come minutes apart keeps no thread between them.
 //! Dropping a builder retires and joins the idle ones at once ([`retire_idle`]).
 //!
+//! A job whose end starts the next one (the builder's pre-empting `eval()`, handed over
+//! to the job it waits for: see [`as_last_act`]) has its successor run next on the same
+//! thread, which is already awake: no other thread is woken on the way from one
+//! command's death to the next one's start.
+//!
 //! A job's thread gets the signal mask of the thread that started the job, as a new
 //! thread would (its commands inherit it).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -31,6 +37,33 @@ enum Task {
 
 /// The idle threads, each as the end a task is sent to.
 static IDLE_THREADS: Mutex<Vec<(Sender<Task>, ThreadId)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Whether this is a job thread, which runs [`NEXT`] once its job returned.
+    static JOB_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// Set while [`as_last_act`] runs.
+    static LAST_ACT: Cell<bool> = const { Cell::new(false) };
+    /// The job started by this thread's job's last act, to run here next.
+    static NEXT: RefCell<Option<Job>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` as the last thing the current job does: the first job `f` starts is run
+/// next on this same thread, once the current job returned, instead of on another
+/// thread. Nothing may wait for that job's end between `f` and the current job's
+/// return, or it would wait for ever; the builder's `finish`, which hands a job's
+/// outcome over and returns, is the one caller. Elsewhere than on a job thread, jobs
+/// started by `f` run as any other.
+pub(crate) fn as_last_act<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LAST_ACT.set(false);
+        }
+    }
+    LAST_ACT.set(JOB_THREAD.get());
+    let _reset = Reset;
+    f()
+}
 
 /// Every job thread started and not joined yet. (A `Vec`: a static `HashMap` points
 /// into its table, which valgrind reports as possibly lost at exit.)
@@ -73,6 +106,11 @@ impl<T: Send + 'static> JobThread<T> {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = send_done.send(result);
         });
+        if LAST_ACT.get() {
+            LAST_ACT.set(false);
+            NEXT.set(Some(job));
+            return Ok(JobThread { done });
+        }
         loop {
             let Some((thread, _)) = IDLE_THREADS.lock().pop() else { break };
             // A thread that gave up waiting takes itself out of the list first, so this
@@ -110,7 +148,8 @@ impl<T: Send + 'static> JobThread<T> {
 /// [`IDLE_THREADS`], until it waited [`IDLE`] in vain.
 fn run(first: Job, sender: Sender<Task>, tasks: Receiver<Task>) {
     let me = std::thread::current().id();
-    first();
+    JOB_THREAD.set(true);
+    run_with_successors(first);
     loop {
         IDLE_THREADS.lock().push((sender.clone(), me));
         let task = match tasks.recv_timeout(IDLE) {
@@ -136,9 +175,18 @@ fn run(first: Job, sender: Sender<Task>, tasks: Receiver<Task>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         match task {
-            Task::Run(job) => job(),
+            Task::Run(job) => run_with_successors(job),
             Task::Retire => return,
         }
+    }
+}
+
+/// Runs `job`, then the job its last act started, if any, and so on.
+fn run_with_successors(job: Job) {
+    let mut next = Some(job);
+    while let Some(job) = next {
+        job();
+        next = NEXT.take();
     }
 }
 
@@ -159,6 +207,8 @@ fn set_signal_mask(mask: &libc::sigset_t) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Instant;
 
     fn os_thread_id() -> i32 {
@@ -219,6 +269,44 @@ mod tests {
         }
         retire_idle();
         assert!(!HANDLES.lock().iter().any(|(i, _)| *i == id), "the retired thread was not joined");
+    }
+
+    /// The first job started by a job's last act runs on that job's thread once that
+    /// job returned; a second one started in the same act runs elsewhere, meanwhile.
+    #[test]
+    fn a_job_started_as_the_last_act_runs_next_on_the_same_thread() {
+        let (handles, handed) = crossbeam_channel::bounded(1);
+        let returned = Arc::new(AtomicBool::new(false));
+        let first = {
+            let returned = returned.clone();
+            JobThread::spawn(move || {
+                let next = {
+                    let returned = returned.clone();
+                    move || (os_thread_id(), returned.load(Ordering::SeqCst))
+                };
+                let (next, other) = as_last_act(|| {
+                    (JobThread::spawn(next).unwrap(), JobThread::spawn(os_thread_id).unwrap())
+                });
+                // The other one runs while this job has not returned.
+                let other = other.join().unwrap();
+                handles.send(next).unwrap();
+                returned.store(true, Ordering::SeqCst);
+                (os_thread_id(), other)
+            })
+            .unwrap()
+        };
+        let (tid, other) = first.join().unwrap();
+        let next = handed.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(next.join().unwrap(), (tid, true), "not run next on the same thread, after the job");
+        assert_ne!(other, tid);
+    }
+
+    /// Outside a job thread, a job started in `as_last_act` runs as any other.
+    #[test]
+    fn as_last_act_outside_a_job_thread_changes_nothing() {
+        let thread = as_last_act(|| JobThread::spawn(os_thread_id).unwrap());
+        assert_ne!(thread.join().unwrap(), os_thread_id());
+        assert!(!LAST_ACT.get());
     }
 
     #[test]

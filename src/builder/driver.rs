@@ -9,7 +9,10 @@
 //!
 //! A command that must wait for a job (the machine's [`Step::WaitFor`]) waits on the
 //! `job_ended` condition variable, which releases the mutex, and is woken by every
-//! handled completion.
+//! handled completion. An `eval` hands its next step over to the job it waits for
+//! ([`HandedOver`]): the job's end takes it on the job's thread, so that the new
+//! evaluation starts at once, on that thread, rather than after the caller woke and
+//! started it on another (two thread wake-ups, about 70 µs of every pre-emption).
 //!
 //! **While a stop is under way** (a `stop()` waits for the job it cancelled), no job
 //! starts: when `stop()` returns, in every thread that called it, none may run. An
@@ -32,7 +35,7 @@ use super::BuilderConfig;
 use crate::error::{CancelReason, Error, JobError};
 use crate::executor::{EvalRequest, Executor};
 use crate::job::Job;
-use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step};
+use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step, Wait};
 use crate::process::CgroupSlot;
 use crate::proto::{self, event, log_line};
 use crate::status::{BuildStatus, EvalStatus};
@@ -77,6 +80,20 @@ pub(super) struct State {
     /// `stop()` calls made so far: an `eval` that waited for one under way gives up if
     /// a later one came meanwhile.
     stops_made: u64,
+    /// An `eval` waiting for the job it cancelled, whose next step that job's end takes
+    /// (see [`Shared::finish`]).
+    handed_over: Option<HandedOver>,
+}
+
+/// An `eval` call's next step, handed to the end of the job it waits for: taken there,
+/// on the job's thread, the next job starts without waiting for the caller to wake, and
+/// runs on that same thread (`threads::as_last_act`).
+struct HandedOver {
+    uuid: String,
+    request: proto::RepositoryStatus,
+    wait: Wait,
+    /// The step, once taken.
+    step: Option<Result<Step, Error>>,
 }
 
 impl Shared {
@@ -93,6 +110,7 @@ impl Shared {
                 waiting_calls: 0,
                 stopping: 0,
                 stops_made: 0,
+                handed_over: None,
             }),
             job_ended: Condvar::new(),
             evaluation_done: Channel::unbounded(),
@@ -115,22 +133,38 @@ impl Shared {
         let mut state = self.state.lock();
         let stops_before = state.stops_made;
         let mut waited = None;
+        let mut taken = None;
         loop {
-            // No job starts while a stop is under way: this one starts after it.
-            if state.stopping > 0 {
-                self.wait_for_stops(&mut state);
-                // As an eval waiting for a job does, it gives up for a later stop.
-                if state.stops_made != stops_before {
-                    return Err(Error::Stopped);
+            let step = match taken.take() {
+                Some(step) => step,
+                None => {
+                    // No job starts while a stop is under way: this one starts after it.
+                    if state.stopping > 0 {
+                        self.wait_for_stops(&mut state);
+                        // As an eval waiting for a job does, it gives up for a later stop.
+                        if state.stops_made != stops_before {
+                            return Err(Error::Stopped);
+                        }
+                    }
+                    let step = state.machine.eval(&uuid, rs, waited);
+                    self.perform(&mut state);
+                    step
                 }
-            }
-            let step = state.machine.eval(&uuid, rs, waited);
-            self.perform(&mut state);
+            };
             match step? {
                 Step::Done => return Ok(uuid),
                 Step::WaitFor(wait) => {
+                    let hand_over = state.handed_over.is_none();
+                    if hand_over {
+                        let request = rs.clone();
+                        state.handed_over =
+                            Some(HandedOver { uuid: uuid.clone(), request, wait, step: None });
+                    }
                     self.wait_for(&mut state, wait.job);
                     waited = Some(wait);
+                    if hand_over {
+                        taken = state.handed_over.take().and_then(|h| h.step);
+                    }
                 }
             }
         }
@@ -226,10 +260,23 @@ impl Shared {
     }
 
     /// Hands a job's outcome to the machine; called on the job's thread when it ends.
+    /// Takes the next step of an `eval` waiting for this job, unless a stop is under way
+    /// (the caller then waits for it, and may give up): the pre-empting evaluation
+    /// starts here, and its job runs next on this thread.
     pub(super) fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) {
         let mut state = self.state.lock();
         state.machine.handle_finished(job, outcome);
         self.perform(&mut state);
+        if state.stopping == 0 {
+            if let Some(mut handed) = state.handed_over.take() {
+                if handed.step.is_none() && handed.wait.job == job {
+                    let step = state.machine.eval(&handed.uuid, &handed.request, Some(handed.wait));
+                    crate::threads::as_last_act(|| self.perform(&mut state));
+                    handed.step = Some(step);
+                }
+                state.handed_over = Some(handed);
+            }
+        }
         self.job_ended.notify_all();
     }
 
