@@ -41,26 +41,48 @@ static IDLE_THREADS: Mutex<Vec<(Sender<Task>, ThreadId)>> = Mutex::new(Vec::new(
 thread_local! {
     /// Whether this is a job thread, which runs [`NEXT`] once its job returned.
     static JOB_THREAD: Cell<bool> = const { Cell::new(false) };
-    /// Set while [`as_last_act`] runs.
-    static LAST_ACT: Cell<bool> = const { Cell::new(false) };
+    /// While [`as_last_act`] runs: the signal mask the job it starts gets.
+    static LAST_ACT: Cell<Option<SignalMask>> = const { Cell::new(None) };
     /// The job started by this thread's job's last act, to run here next.
     static NEXT: RefCell<Option<Job>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` as the last thing the current job does: the first job `f` starts is run
-/// next on this same thread, once the current job returned, instead of on another
-/// thread. Nothing may wait for that job's end between `f` and the current job's
-/// return, or it would wait for ever; the builder's `finish`, which hands a job's
-/// outcome over and returns, is the one caller. Elsewhere than on a job thread, jobs
-/// started by `f` run as any other.
-pub(crate) fn as_last_act<T>(f: impl FnOnce() -> T) -> T {
+/// A thread's signal mask, which the jobs it starts get.
+#[derive(Clone, Copy)]
+pub(crate) struct SignalMask(libc::sigset_t);
+
+impl SignalMask {
+    /// The calling thread's.
+    pub(crate) fn current() -> SignalMask {
+        // SAFETY: a query of this thread's mask into a zeroed plain C struct.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
+            SignalMask(mask)
+        }
+    }
+
+    fn apply(&self) {
+        // SAFETY: sets this thread's mask to one read from another thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// Runs `f` as the last thing the current job does, on behalf of a thread whose signal
+/// mask is `mask`: the first job `f` starts gets `mask` and runs next on this same
+/// thread, once the current job returned, instead of on another thread. Nothing may
+/// wait for that job's end between `f` and the current job's return, or it would wait
+/// for ever; the builder's `finish`, which hands a job's outcome over and returns, is
+/// the one caller. Elsewhere than on a job thread, jobs started by `f` run as any
+/// other.
+pub(crate) fn as_last_act<T>(mask: SignalMask, f: impl FnOnce() -> T) -> T {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            LAST_ACT.set(false);
+            LAST_ACT.set(None);
         }
     }
-    LAST_ACT.set(JOB_THREAD.get());
+    LAST_ACT.set(JOB_THREAD.get().then_some(mask));
     let _reset = Reset;
     f()
 }
@@ -100,14 +122,14 @@ impl<T: Send + 'static> JobThread<T> {
     /// Runs `f` on an idle thread, or on a new one named `genbuild-job`.
     pub(crate) fn spawn(f: impl FnOnce() -> T + Send + 'static) -> io::Result<JobThread<T>> {
         let (send_done, done) = crossbeam_channel::bounded(1);
-        let mask = signal_mask();
+        let last_act = LAST_ACT.take();
+        let mask = last_act.unwrap_or_else(SignalMask::current);
         let mut job: Job = Box::new(move || {
-            set_signal_mask(&mask);
+            mask.apply();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = send_done.send(result);
         });
-        if LAST_ACT.get() {
-            LAST_ACT.set(false);
+        if last_act.is_some() {
             NEXT.set(Some(job));
             return Ok(JobThread { done });
         }
@@ -190,20 +212,6 @@ fn run_with_successors(job: Job) {
     }
 }
 
-fn signal_mask() -> libc::sigset_t {
-    // SAFETY: a query of this thread's mask into a zeroed plain C struct.
-    unsafe {
-        let mut mask: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
-        mask
-    }
-}
-
-fn set_signal_mask(mask: &libc::sigset_t) {
-    // SAFETY: sets this thread's mask to one read from another thread.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +226,7 @@ mod tests {
 
     fn blocks_sigusr1() -> bool {
         // SAFETY: a membership test on a mask just read.
-        unsafe { libc::sigismember(&signal_mask(), libc::SIGUSR1) == 1 }
+        unsafe { libc::sigismember(&SignalMask::current().0, libc::SIGUSR1) == 1 }
     }
 
     /// A job started right after another ended runs on the same thread, with the
@@ -271,8 +279,17 @@ mod tests {
         assert!(!HANDLES.lock().iter().any(|(i, _)| *i == id), "the retired thread was not joined");
     }
 
+    /// A mask that blocks SIGUSR1, unlike this thread's.
+    fn usr1_blocked() -> SignalMask {
+        let mut mask = SignalMask::current();
+        // SAFETY: adds a signal to a mask held here.
+        unsafe { libc::sigaddset(&mut mask.0, libc::SIGUSR1) };
+        mask
+    }
+
     /// The first job started by a job's last act runs on that job's thread once that
-    /// job returned; a second one started in the same act runs elsewhere, meanwhile.
+    /// job returned, with the mask the act was done for; a second one started in the
+    /// same act runs elsewhere, meanwhile, with the mask of the thread that started it.
     #[test]
     fn a_job_started_as_the_last_act_runs_next_on_the_same_thread() {
         let (handles, handed) = crossbeam_channel::bounded(1);
@@ -282,10 +299,11 @@ mod tests {
             JobThread::spawn(move || {
                 let next = {
                     let returned = returned.clone();
-                    move || (os_thread_id(), returned.load(Ordering::SeqCst))
+                    move || (os_thread_id(), returned.load(Ordering::SeqCst), blocks_sigusr1())
                 };
-                let (next, other) = as_last_act(|| {
-                    (JobThread::spawn(next).unwrap(), JobThread::spawn(os_thread_id).unwrap())
+                let (next, other) = as_last_act(usr1_blocked(), || {
+                    let other = || (os_thread_id(), blocks_sigusr1());
+                    (JobThread::spawn(next).unwrap(), JobThread::spawn(other).unwrap())
                 });
                 // The other one runs while this job has not returned.
                 let other = other.join().unwrap();
@@ -297,16 +315,25 @@ mod tests {
         };
         let (tid, other) = first.join().unwrap();
         let next = handed.recv_timeout(Duration::from_secs(60)).unwrap();
-        assert_eq!(next.join().unwrap(), (tid, true), "not run next on the same thread, after the job");
-        assert_ne!(other, tid);
+        assert_eq!(
+            next.join().unwrap(),
+            (tid, true, true),
+            "not run next here, after the job, with its mask"
+        );
+        assert_ne!(other.0, tid);
+        assert!(!other.1, "the other job got the act's mask");
     }
 
-    /// Outside a job thread, a job started in `as_last_act` runs as any other.
+    /// Outside a job thread, a job started in `as_last_act` runs as any other, with
+    /// the mask of the thread that started it.
     #[test]
     fn as_last_act_outside_a_job_thread_changes_nothing() {
-        let thread = as_last_act(|| JobThread::spawn(os_thread_id).unwrap());
-        assert_ne!(thread.join().unwrap(), os_thread_id());
-        assert!(!LAST_ACT.get());
+        let thread =
+            as_last_act(usr1_blocked(), || JobThread::spawn(|| (os_thread_id(), blocks_sigusr1())).unwrap());
+        let (tid, usr1) = thread.join().unwrap();
+        assert_ne!(tid, os_thread_id());
+        assert!(!usr1, "the job got the act's mask, not its starter's");
+        assert!(LAST_ACT.get().is_none());
     }
 
     #[test]

@@ -143,6 +143,82 @@ fn a_new_eval_preempts_a_running_evaluation() {
     assert_eq!(builder.generation_uuid(), Some(second));
 }
 
+/// An evaluation that prints its process's blocked signals (`grep`, run directly: a
+/// shell would clear them), then sleeps.
+struct PrintsItsMask {
+    nonce: String,
+}
+
+impl Executor for PrintsItsMask {
+    fn eval(&self, _: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError> {
+        let mut grep = std::process::Command::new("grep");
+        grep.args(["SigBlk", "/proc/self/status"]);
+        ctx.run(grep)?;
+        ctx.run(sh(&long_sleep(&self.nonce)))?;
+        Ok(EvalOutput {
+            drv_path: "/nix/store/a.drv".into(),
+            out_path: "/nix/store/a".into(),
+            ..Default::default()
+        })
+    }
+
+    fn build(&self, _: &str, _: &JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    fn is_store_path_valid(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// Calls `eval` on a thread of its own that blocks `signal` and nothing else.
+fn eval_blocking(builder: &Builder, commit: &str, signal: libc::c_int) -> String {
+    let (builder, commit) = (builder.clone(), commit.to_string());
+    std::thread::spawn(move || {
+        // SAFETY: a mask change on this new thread only.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            libc::sigaddset(&mut mask, signal);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+        }
+        builder.eval(&rs(&commit)).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A pre-empting eval's job starts on the thread of the job it cancelled (handed over
+/// at that job's end), yet its commands get the signal mask of the thread that called
+/// `eval`, not of the one that started the cancelled job.
+#[test]
+fn a_preempting_evals_command_gets_its_callers_signal_mask() {
+    let n = nonce();
+    let executor = Arc::new(PrintsItsMask { nonce: n.clone() });
+    let builder = Builder::new(config(), Arc::new(Store::new()), executor);
+    let events = builder.subscribe();
+    let mut blocked = std::collections::HashMap::new();
+    let mut mask_of = |uuid: &str| loop {
+        if let Some(mask) = blocked.get(uuid) {
+            return *mask;
+        }
+        if let Some(event::Kind::LogLine(l)) = recv(&events, "a log line").kind {
+            let mask = l.line.strip_prefix("SigBlk:").map(|m| u64::from_str_radix(m.trim(), 16).unwrap());
+            blocked.insert(l.generation_uuid, mask.expect("the first line is the mask"));
+        }
+    };
+    let (usr1, usr2) = (1u64 << (libc::SIGUSR1 - 1), 1u64 << (libc::SIGUSR2 - 1));
+    let first = eval_blocking(&builder, "c1", libc::SIGUSR2);
+    assert_eq!(mask_of(&first) & (usr1 | usr2), usr2);
+    for commit in ["c2", "c3"] {
+        wait_for_processes(&n, 1);
+        let next = eval_blocking(&builder, commit, libc::SIGUSR1);
+        assert_eq!(mask_of(&next) & (usr1 | usr2), usr1, "{commit}");
+    }
+    builder.stop();
+    assert_no_process(&n);
+}
+
 #[test]
 fn a_new_eval_preempts_a_running_build() {
     let n = nonce();

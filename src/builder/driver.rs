@@ -40,6 +40,7 @@ use crate::process::CgroupSlot;
 use crate::proto::{self, event, log_line};
 use crate::status::{BuildStatus, EvalStatus};
 use crate::store::{NewGeneration, Store};
+use crate::threads::SignalMask;
 
 /// The sending and receiving ends of a notification channel.
 pub(super) struct Channel<T> {
@@ -92,6 +93,8 @@ struct HandedOver {
     uuid: String,
     request: proto::RepositoryStatus,
     wait: Wait,
+    /// The caller's, for the job it starts.
+    mask: SignalMask,
     /// The step, once taken.
     step: Option<Result<Step, Error>>,
 }
@@ -157,8 +160,13 @@ impl Shared {
                     let hand_over = state.handed_over.is_none();
                     if hand_over {
                         let request = rs.clone();
-                        state.handed_over =
-                            Some(HandedOver { uuid: uuid.clone(), request, wait, step: None });
+                        state.handed_over = Some(HandedOver {
+                            uuid: uuid.clone(),
+                            request,
+                            wait,
+                            mask: SignalMask::current(),
+                            step: None,
+                        });
                     }
                     self.wait_for(&mut state, wait.job);
                     waited = Some(wait);
@@ -271,7 +279,7 @@ impl Shared {
             if let Some(mut handed) = state.handed_over.take() {
                 if handed.step.is_none() && handed.wait.job == job {
                     let step = state.machine.eval(&handed.uuid, &handed.request, Some(handed.wait));
-                    crate::threads::as_last_act(|| self.perform(&mut state));
+                    crate::threads::as_last_act(handed.mask, || self.perform(&mut state));
                     handed.step = Some(step);
                 }
                 state.handed_over = Some(handed);
