@@ -143,6 +143,11 @@ fn a_new_eval_preempts_a_running_evaluation() {
     assert_eq!(builder.generation_uuid(), Some(second));
 }
 
+/// What the executors written for one test below evaluate to.
+fn an_evaluation() -> EvalOutput {
+    EvalOutput { drv_path: "/nix/store/a.drv".into(), out_path: "/nix/store/a".into(), ..Default::default() }
+}
+
 /// An evaluation that prints its process's blocked signals (`grep`, run directly: a
 /// shell would clear them), then sleeps.
 struct PrintsItsMask {
@@ -155,11 +160,7 @@ impl Executor for PrintsItsMask {
         grep.args(["SigBlk", "/proc/self/status"]);
         ctx.run(grep)?;
         ctx.run(sh(&long_sleep(&self.nonce)))?;
-        Ok(EvalOutput {
-            drv_path: "/nix/store/a.drv".into(),
-            out_path: "/nix/store/a".into(),
-            ..Default::default()
-        })
+        Ok(an_evaluation())
     }
 
     fn build(&self, _: &str, _: &JobContext) -> Result<(), JobError> {
@@ -772,11 +773,7 @@ impl Executor for DropsItsBuilder {
     fn eval(&self, _: &EvalRequest, _: &JobContext) -> Result<EvalOutput, JobError> {
         self.go.recv_timeout(HANG).expect("the test lets the evaluation go on");
         drop(self.builder.lock().take());
-        Ok(EvalOutput {
-            drv_path: "/nix/store/a.drv".into(),
-            out_path: "/nix/store/a".into(),
-            ..Default::default()
-        })
+        Ok(an_evaluation())
     }
 
     fn build(&self, _: &str, _: &JobContext) -> Result<(), JobError> {
@@ -936,11 +933,7 @@ impl Executor for EndsWhenCancelled {
         assert!(matches!(cancelled, Err(JobError::Cancelled(_))), "{cancelled:?}");
         self.cancelled.send(()).unwrap();
         self.go.recv_timeout(HANG).expect("told to go on");
-        Ok(EvalOutput {
-            drv_path: "/nix/store/a.drv".into(),
-            out_path: "/nix/store/a".into(),
-            ..Default::default()
-        })
+        Ok(an_evaluation())
     }
 
     fn build(&self, _: &str, ctx: &JobContext) -> Result<(), JobError> {
