@@ -119,7 +119,8 @@ pub(crate) struct JobThread<T> {
 }
 
 impl<T: Send + 'static> JobThread<T> {
-    /// Runs `f` on an idle thread, or on a new one named `genbuild-job`.
+    /// Runs `f` on an idle thread, or on a new one named `genbuild-job`; within
+    /// [`as_last_act`] on a job thread, next on this one.
     pub(crate) fn spawn(f: impl FnOnce() -> T + Send + 'static) -> io::Result<JobThread<T>> {
         let (send_done, done) = crossbeam_channel::bounded(1);
         let last_act = LAST_ACT.take();
