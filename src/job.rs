@@ -18,7 +18,7 @@ use crate::error::{CancelReason, JobError};
 use crate::process::{
     self, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
 };
-use crate::threads::JobThread;
+use crate::threads::{JobThread, Pool, SignalMask, Successor, POOL};
 
 /// How far a build has come, as a job reports it with [`JobContext::progress`].
 ///
@@ -247,7 +247,9 @@ where
     }
 }
 
-type OnFinished = Box<dyn FnOnce(&Result<(), JobError>) + Send>;
+/// The end of a job, on its thread: sees its result and may name the job to run next
+/// there.
+type OnFinished = Box<dyn FnOnce(&Result<(), JobError>) -> Option<Successor> + Send>;
 
 /// Runs one piece of [`Work`] on a thread of its own, with a timeout and cancellation.
 ///
@@ -279,6 +281,10 @@ pub struct Job {
     on_finished: Option<OnFinished>,
     cancel: Arc<CancelToken>,
     thread: Option<JobThread<Result<(), JobError>>>,
+    /// Started as the successor of the job on this thread.
+    successor_of: Option<std::thread::ThreadId>,
+    /// The threads it may run on.
+    pool: &'static Pool,
     result: Option<Result<(), JobError>>,
 }
 
@@ -313,6 +319,8 @@ impl Job {
             on_finished: None,
             cancel: CancelToken::new(),
             thread: None,
+            successor_of: None,
+            pool: &POOL,
             result: None,
         }
     }
@@ -343,6 +351,12 @@ impl Job {
         self
     }
 
+    /// Runs the job on a thread of `pool` rather than of the process's.
+    pub(crate) fn with_pool(mut self, pool: &'static Pool) -> Job {
+        self.pool = pool;
+        self
+    }
+
     /// Shares `slot` (an empty cgroup kept between commands) with other jobs, as a
     /// builder's jobs do.
     pub(crate) fn with_cgroup_slot(mut self, slot: Arc<CgroupSlot>) -> Job {
@@ -354,6 +368,19 @@ impl Job {
     /// panicked, before [`wait`](Job::wait) returns. Not called for a job whose
     /// thread could not be started (its error is then known when `start` returns).
     pub fn on_finished(mut self, f: impl FnOnce(&Result<(), JobError>) + Send + 'static) -> Job {
+        self.on_finished = Some(Box::new(move |result| {
+            f(result);
+            None
+        }));
+        self
+    }
+
+    /// As [`on_finished`](Job::on_finished), and the job `f` returns runs next on this
+    /// job's thread (see [`Successor`]).
+    pub(crate) fn on_finished_then(
+        mut self,
+        f: impl FnOnce(&Result<(), JobError>) -> Option<Successor> + Send + 'static,
+    ) -> Job {
         self.on_finished = Some(Box::new(f));
         self
     }
@@ -362,7 +389,36 @@ impl Job {
     /// new one), with the signal mask of the calling thread; the timeout runs from here.
     /// A second call does nothing.
     pub fn start(&mut self) {
-        let Some(mut work) = self.work.take() else { return };
+        let Some(body) = self.body() else { return };
+        match JobThread::spawn_in(self.pool, body) {
+            Ok(thread) => self.thread = Some(thread),
+            Err(e) => self.result = Some(Err(JobError::Failed(format!("cannot start a job thread: {e}")))),
+        }
+    }
+
+    /// Starts the job as the successor of the job running on this thread, with signal
+    /// mask `mask`: it runs there once that job returns the [`Successor`] given here
+    /// (from its `on_finished_then` hook). `None` if the job was started already.
+    pub(crate) fn start_as_successor(&mut self, mask: SignalMask) -> Option<Successor> {
+        let (thread, successor) = JobThread::successor(mask, self.body()?);
+        self.thread = Some(thread);
+        self.successor_of = Some(std::thread::current().id());
+        Some(successor)
+    }
+
+    /// Whether this job runs next on the calling thread, once the job running there
+    /// returned: waiting for it here would wait for ever.
+    pub(crate) fn runs_next_here(&self) -> bool {
+        self.successor_of == Some(std::thread::current().id()) && !self.is_finished()
+    }
+
+    /// What the job's thread runs, once: the work, then the `on_finished` hook. The
+    /// timeout runs from here.
+    #[allow(clippy::type_complexity)]
+    fn body(
+        &mut self,
+    ) -> Option<impl FnOnce() -> (Result<(), JobError>, Option<Successor>) + Send + 'static> {
+        let mut work = self.work.take()?;
         let now = Instant::now();
         let ctx = JobContext {
             timeout: self.timeout,
@@ -375,21 +431,15 @@ impl Job {
             cgroups: self.cgroups.clone(),
         };
         let on_finished = self.on_finished.take();
-        let spawned = JobThread::spawn(move || {
+        Some(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run(&ctx)))
                 .unwrap_or_else(|panic| {
                     Err(JobError::Failed(format!("the job panicked: {}", panic_message(&*panic))))
                 });
             drop(work);
-            if let Some(f) = on_finished {
-                f(&result);
-            }
-            result
-        });
-        match spawned {
-            Ok(thread) => self.thread = Some(thread),
-            Err(e) => self.result = Some(Err(JobError::Failed(format!("cannot start a job thread: {e}")))),
-        }
+            let next = on_finished.and_then(|f| f(&result));
+            (result, next)
+        })
     }
 
     /// Blocks until the job's thread has ended (returns at once if it was never started).

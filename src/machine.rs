@@ -126,14 +126,33 @@ pub enum Action<R> {
     Notify(Notification),
 }
 
-/// A command's wait for a job in its way: hand it back to the command once the job's
-/// completion has been handled.
+/// A command's wait for what is in its way: hand it back to the command once that is
+/// over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wait {
-    /// The job to wait for.
-    pub job: JobId,
-    /// How many stops had been made when the command was first called.
+    /// What to wait for.
+    pub until: Until,
+    /// How many stops had begun when the command was first called.
     stops: u64,
+}
+
+/// What a waiting command waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The end of this job (its completion handled).
+    JobEnded(JobId),
+    /// The end of every stop under way ([`Machine::stop_end`]).
+    StopsEnded,
+}
+
+impl Wait {
+    /// The job waited for, if it is one.
+    pub fn job(&self) -> Option<JobId> {
+        match self.until {
+            Until::JobEnded(job) => Some(job),
+            Until::StopsEnded => None,
+        }
+    }
 }
 
 /// What a command tells its caller when it did not fail.
@@ -142,8 +161,9 @@ pub struct Wait {
 pub enum Step {
     /// Done; the queued actions carry it out.
     Done,
-    /// A job is in the way and has been cancelled: wait until its completion was
-    /// handled, then call the command again with this (`stop`: done then).
+    /// Something is in the way (a job, which has been cancelled, or a stop under way):
+    /// wait until it is over, then call the command again with this (`stop_begin`:
+    /// wait for the job, then call [`Machine::stop_end`]).
     WaitFor(Wait),
 }
 
@@ -174,8 +194,11 @@ pub struct Machine<R> {
     running: Option<Running>,
     suspended: bool,
     next_job: u64,
-    /// Stops made so far: a waiting `eval` older than the last one gives up.
+    /// Stops begun so far ([`Machine::stop_begin`], once per `stop()`): a waiting
+    /// `eval` older than the last one gives up.
     stops: u64,
+    /// Stops under way (begun, not ended): no job starts meanwhile.
+    stopping: u32,
     actions: VecDeque<Action<R>>,
 }
 
@@ -193,6 +216,7 @@ impl<R: Clone> Machine<R> {
             suspended: false,
             next_job: 0,
             stops: 0,
+            stopping: 0,
             actions: VecDeque::new(),
         }
     }
@@ -222,6 +246,11 @@ impl<R: Clone> Machine<R> {
         self.running.as_ref().map(|r| (r.id, r.kind))
     }
 
+    /// Whether a stop is under way ([`Machine::stop_begin`] without its `stop_end`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping > 0
+    }
+
     /// Whether a build of the current generation waits for `resume` or for the
     /// running job to end.
     #[cfg(any(test, feature = "fuzzing"))]
@@ -235,9 +264,11 @@ impl<R: Clone> Machine<R> {
     /// for it, then makes `uuid` current and starts its evaluation. `waited`: the
     /// [`Wait`] this same call got before.
     ///
+    /// While a stop is under way, the evaluation waits until it ended ([`Until::StopsEnded`]).
+    ///
     /// # Errors
-    /// [`Error::Stopped`] when a `stop` was made while this call waited: the
-    /// generation is not created.
+    /// [`Error::Stopped`] when a stop began while this call waited (for a job, or for
+    /// an earlier stop): the generation is not created.
     pub fn eval(&mut self, uuid: &str, request: &R, waited: Option<Wait>) -> Result<Step, Error> {
         let stops = match waited {
             Some(wait) if wait.stops != self.stops => return Err(Error::Stopped),
@@ -248,7 +279,10 @@ impl<R: Clone> Machine<R> {
             current.build_wanted = false;
         }
         if let Some(job) = self.cancel_running(CancelReason::Superseded(uuid.to_string()), |_| true) {
-            return Ok(Step::WaitFor(Wait { job, stops }));
+            return Ok(Step::WaitFor(Wait { until: Until::JobEnded(job), stops }));
+        }
+        if self.stopping > 0 {
+            return Ok(Step::WaitFor(Wait { until: Until::StopsEnded, stops }));
         }
         self.current = Some(Current {
             uuid: uuid.to_string(),
@@ -310,7 +344,7 @@ impl<R: Clone> Machine<R> {
         }
         let stops = waited.map_or(self.stops, |w| w.stops);
         match self.cancel_running(CancelReason::Suspended, |r| r.kind == JobKind::Build) {
-            Some(job) => Ok(Step::WaitFor(Wait { job, stops })),
+            Some(job) => Ok(Step::WaitFor(Wait { until: Until::JobEnded(job), stops })),
             None => Ok(Step::Done),
         }
     }
@@ -325,16 +359,32 @@ impl<R: Clone> Machine<R> {
         Ok(())
     }
 
-    /// Cancel whatever runs and forget every wanted build; an `eval` waiting now
-    /// gives up. Once the job it waits for (if any) has ended, nothing runs.
-    pub fn stop(&mut self) -> Step {
+    /// Begins a stop: cancels whatever runs and forgets every wanted build; an `eval`
+    /// waiting now gives up. Until the matching [`Machine::stop_end`], no job starts:
+    /// an `eval` waits for the stop's end, a build that would start ends at once,
+    /// "cancelled: stopped". The caller waits for the job it is given, if any, then
+    /// ends the stop.
+    pub fn stop_begin(&mut self) -> Step {
         self.stops += 1;
+        self.stopping += 1;
         if let Some(current) = &mut self.current {
             current.build_wanted = false;
         }
         match self.cancel_running(CancelReason::Stopped, |_| true) {
-            Some(job) => Step::WaitFor(Wait { job, stops: self.stops }),
+            Some(job) => Step::WaitFor(Wait { until: Until::JobEnded(job), stops: self.stops }),
             None => Step::Done,
+        }
+    }
+
+    /// Ends a stop [`Machine::stop_begin`] began, once the job it waited for ended.
+    /// A build wanted meanwhile (submitted while suspended) is forgotten: when the last
+    /// stop under way ends, nothing runs and nothing is wanted but what the caller's
+    /// own job does (a stop called from inside it cannot wait for it).
+    pub fn stop_end(&mut self) {
+        debug_assert!(self.stopping > 0, "stop_end without stop_begin");
+        self.stopping = self.stopping.saturating_sub(1);
+        if let Some(current) = &mut self.current {
+            current.build_wanted = false;
         }
     }
 
@@ -449,6 +499,13 @@ impl<R: Clone> Machine<R> {
         let job = self.new_job(JobKind::Build);
         let reason = BuildReason::NeedBuild;
         self.actions.push_back(Action::Record(Record::BuildStarted { uuid: uuid.clone(), reason }));
+        if self.stopping > 0 {
+            // No job starts while a stop is under way: the build ends at once, as if
+            // the stop had cancelled it.
+            self.running.as_mut().expect("just started").cancelled = Some(CancelReason::Stopped);
+            self.handle_finished(job, Outcome::Failed(JobError::Cancelled(Some(CancelReason::Stopped))));
+            return;
+        }
         self.actions.push_back(Action::StartBuild { job, uuid, drv_path });
     }
 }
@@ -492,7 +549,7 @@ mod tests {
 
     fn job_of(step: Step) -> Option<JobId> {
         match step {
-            Step::WaitFor(wait) => Some(wait.job),
+            Step::WaitFor(wait) => wait.job(),
             Step::Done => None,
         }
     }
@@ -777,7 +834,7 @@ mod tests {
     fn suspend_cancels_a_build_which_resume_starts_again() {
         let (mut m, job) = building();
         let Ok(Step::WaitFor(wait)) = m.suspend(None) else { panic!("suspend waits for the build") };
-        assert_eq!(wait.job, job);
+        assert_eq!(wait.job(), Some(job));
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Suspended }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         let err = "cancelled: suspended".to_string();
@@ -818,7 +875,7 @@ mod tests {
     #[test]
     fn stop_cancels_whatever_runs_and_forgets_wanted_builds() {
         let (mut m, job) = building();
-        assert_eq!(job_of(m.stop()), Some(job));
+        assert_eq!(job_of(m.stop_begin()), Some(job));
         assert_eq!(drain(&mut m), [Action::Cancel { job, reason: CancelReason::Stopped }]);
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
         assert_eq!(
@@ -828,17 +885,21 @@ mod tests {
                 Action::Notify(Notification::BuildDone("g1".into()))
             ]
         );
-        assert_eq!(m.stop(), Step::Done, "stop twice is harmless");
+        m.stop_end();
+        assert_eq!(m.stop_begin(), Step::Done, "stop twice is harmless");
+        m.stop_end();
         let (mut m, job) = building();
-        let _ = m.stop();
+        let _ = m.stop_begin();
         assert_eq!(m.suspend(None).map(job_of), Ok(Some(job)), "suspend during a stop waits for it");
         m.handle_finished(job, Outcome::Failed(JobError::Cancelled(None)));
+        m.stop_end();
         m.resume().unwrap();
         assert!(!m.is_building(), "but does not revive the stopped build");
         let mut m = evaluated();
         let _ = m.suspend(None).unwrap();
         m.submit_build("g1", None).unwrap();
-        assert_eq!(m.stop(), Step::Done);
+        assert_eq!(m.stop_begin(), Step::Done);
+        m.stop_end();
         m.resume().unwrap();
         assert!(!m.is_building(), "a stop forgets the build submitted while suspended");
         assert_eq!(eval(&mut m, "g2"), Step::Done, "the machine stays usable");
@@ -898,7 +959,7 @@ mod tests {
         let _ = m.suspend(None).unwrap();
         m.resume().unwrap();
         drain(&mut m);
-        assert_eq!(job_of(m.stop()), Some(job));
+        assert_eq!(job_of(m.stop_begin()), Some(job));
         assert_eq!(drain(&mut m), [], "the process is not cancelled twice");
         assert_eq!(
             end_cancelled(&mut m, job),
@@ -909,6 +970,7 @@ mod tests {
             "the stronger reason is recorded, and nothing starts"
         );
         assert!(!m.is_building() && !m.is_build_wanted());
+        m.stop_end();
     }
 
     #[test]
@@ -916,9 +978,10 @@ mod tests {
         // Issue 9, item 2.
         let (mut m, job) = building();
         let _ = m.suspend(None).unwrap();
-        assert_eq!(job_of(m.stop()), Some(job));
+        assert_eq!(job_of(m.stop_begin()), Some(job));
         drain(&mut m);
         assert!(!starts_a_job(&end_cancelled(&mut m, job)));
+        m.stop_end();
         m.resume().unwrap();
         assert_eq!(drain(&mut m), [], "resume builds nothing wanted before the stop");
         assert!(!m.is_building());
@@ -952,7 +1015,7 @@ mod tests {
         let _ = eval(&mut m, "g1");
         let job = started_job(&drain(&mut m));
         let Ok(Step::WaitFor(before)) = m.eval("g2", &"rs".into(), None) else { panic!("eval waits") };
-        assert_eq!(job_of(m.stop()), Some(job));
+        assert_eq!(job_of(m.stop_begin()), Some(job));
         let Ok(Step::WaitFor(after)) = m.eval("g3", &"rs".into(), None) else { panic!("eval waits") };
         drain(&mut m);
         let ended = end_cancelled(&mut m, job);
@@ -961,14 +1024,19 @@ mod tests {
         assert_eq!(m.eval("g2", &"rs".into(), Some(before)), Err(Error::Stopped));
         assert_eq!(drain(&mut m), []);
         assert_eq!(m.generation_uuid(), Some("g1"), "g2 was never created");
-        assert_eq!(m.eval("g3", &"rs".into(), Some(after)), Ok(Step::Done), "eval after a stop works");
+        let Ok(Step::WaitFor(stopping)) = m.eval("g3", &"rs".into(), Some(after)) else {
+            panic!("an eval made during a stop waits for its end")
+        };
+        assert_eq!(stopping.until, Until::StopsEnded);
+        m.stop_end();
+        assert_eq!(m.eval("g3", &"rs".into(), Some(stopping)), Ok(Step::Done), "eval after a stop works");
         assert_eq!(m.generation_uuid(), Some("g3"));
     }
 
     #[test]
     fn a_weaker_reason_never_replaces_a_stronger_one() {
         let (mut m, job) = building();
-        let _ = m.stop();
+        let _ = m.stop_begin();
         let _ = eval(&mut m, "g2");
         let _ = m.suspend(None).unwrap();
         drain(&mut m);
@@ -981,5 +1049,60 @@ mod tests {
         assert_eq!(ended.last(), Some(&Action::Notify(Notification::BuildDone("g1".into()))));
         assert_eq!(ended[1], record("g1", Err("cancelled: superseded by generation g2".into())));
         assert!(!m.is_build_wanted(), "a superseded build is not wanted again");
+    }
+
+    #[test]
+    fn no_job_starts_while_a_stop_is_under_way() {
+        // Issue 23, item 1: this rule lived in the driver, out of the fuzzers' sight.
+        let (mut m, job) = building();
+        let _ = m.stop_begin();
+        drain(&mut m);
+        end_cancelled(&mut m, job);
+        assert!(m.is_stopping());
+        let Ok(Step::WaitFor(wait)) = m.eval("g2", &"rs".into(), None) else { panic!("eval waits") };
+        assert_eq!(wait.until, Until::StopsEnded);
+        assert_eq!(drain(&mut m), [], "an eval during a stop starts nothing");
+        m.submit_build("g1", None).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [
+                Action::Record(Record::BuildStarted { uuid: "g1".into(), reason: BuildReason::NeedBuild }),
+                record("g1", Err("cancelled: stopped".into())),
+                Action::Notify(Notification::BuildDone("g1".into())),
+            ],
+            "a build submitted during a stop ends at once"
+        );
+        assert!(!m.is_building());
+        m.stop_end();
+        assert!(!m.is_stopping());
+        assert_eq!(m.eval("g2", &"rs".into(), Some(wait)), Ok(Step::Done));
+        assert!(starts_a_job(&drain(&mut m)));
+    }
+
+    #[test]
+    fn a_build_wanted_during_a_stop_is_forgotten_when_it_ends() {
+        let mut m = evaluated();
+        assert_eq!(m.stop_begin(), Step::Done);
+        let _ = m.suspend(None).unwrap();
+        m.submit_build("g1", None).unwrap();
+        assert!(m.is_build_wanted());
+        m.stop_end();
+        assert!(!m.is_build_wanted(), "stop() returns with nothing wanted");
+        m.resume().unwrap();
+        assert!(!starts_a_job(&drain(&mut m)));
+    }
+
+    #[test]
+    fn stops_count_once_per_stop_and_overlap() {
+        let (mut m, job) = building();
+        let Ok(Step::WaitFor(before)) = m.eval("g2", &"rs".into(), None) else { panic!("eval waits") };
+        let _ = m.stop_begin();
+        let _ = m.stop_begin();
+        end_cancelled(&mut m, job);
+        m.stop_end();
+        assert!(m.is_stopping(), "one of two stops under way");
+        m.stop_end();
+        assert!(!m.is_stopping());
+        assert_eq!(m.eval("g2", &"rs".into(), Some(before)), Err(Error::Stopped));
     }
 }

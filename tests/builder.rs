@@ -211,10 +211,12 @@ fn a_preempting_evals_command_gets_its_callers_signal_mask() {
     let (usr1, usr2) = (1u64 << (libc::SIGUSR1 - 1), 1u64 << (libc::SIGUSR2 - 1));
     let first = eval_blocking(&builder, "c1", libc::SIGUSR2);
     assert_eq!(mask_of(&first) & (usr1 | usr2), usr2);
-    for commit in ["c2", "c3"] {
+    // Each caller blocks another signal than the one before, so that either pass
+    // fails if the new job keeps the mask of the job it pre-empts.
+    for (commit, signal, bit) in [("c2", libc::SIGUSR1, usr1), ("c3", libc::SIGUSR2, usr2)] {
         wait_for_processes(&n, 1);
-        let next = eval_blocking(&builder, commit, libc::SIGUSR1);
-        assert_eq!(mask_of(&next) & (usr1 | usr2), usr1, "{commit}");
+        let next = eval_blocking(&builder, commit, signal);
+        assert_eq!(mask_of(&next) & (usr1 | usr2), bit, "{commit}");
     }
     builder.stop();
     assert_no_process(&n);

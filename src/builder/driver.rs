@@ -1,26 +1,27 @@
 //! The state every [`Builder`](super::Builder) handle shares, and the commands'
-//! locking and waiting: lock once, feed the machine, perform every action it queued,
+//! locking and waiting: lock, feed the machine, perform every action it queued,
 //! unlock.
 //!
 //! This is the one owner of the jobs' bookkeeping (cargo's `JobQueue` is the model):
 //! the jobs report their outcome only through [`Shared::finish`], tagged with their
 //! [`JobId`]; everything else about them (starting, cancelling, joining their
-//! threads) happens here, under the state mutex or right after it.
+//! threads) happens here, under the state mutex or right after it. What to start,
+//! cancel, record and notify, and when a command must wait, is the machine's to say:
+//! this module decides nothing.
 //!
-//! A command that must wait for a job (the machine's [`Step::WaitFor`]) waits on the
-//! `job_ended` condition variable, which releases the mutex, and is woken by every
-//! handled completion. An `eval` hands its next step over to the job it waits for
-//! ([`HandedOver`]): the job's end takes it on the job's thread, so that the new
-//! evaluation starts at once, on that thread, rather than after the caller woke and
-//! started it on another (two thread wake-ups, about 70 µs of every pre-emption).
+//! A command that must wait (the machine's [`Step::WaitFor`]: for a job it cancelled,
+//! or for a stop under way) waits on the `changed` condition variable, which releases
+//! the mutex and is woken by every handled completion and every stop's end, then calls
+//! the machine again.
 //!
-//! **While a stop is under way** (a `stop()` waits for the job it cancelled), no job
-//! starts: when `stop()` returns, in every thread that called it, none may run. An
-//! `eval` waits until every stop under way has returned, then goes on (and gives up
-//! with [`Error::Stopped`] if another stop was made after it); a build that
-//! `submit_build` or `resume` (or a job's end) would start meanwhile ends at once,
-//! "cancelled: stopped", as if the stop had cancelled it. Those calls never block, and
-//! the stop cannot wait for a job it would then have to cancel in turn.
+//! **The hand-over.** An `eval` that waits for the job it cancelled offers its next
+//! step to that job's end ([`HandOver`]): [`Shared::finish`], on the job's thread and
+//! under the same lock, makes the machine's `eval` call for it and starts the new
+//! evaluation as that thread's [`Successor`], which the thread runs next, instead of
+//! the caller waking, then starting it on another thread (two thread wake-ups, about
+//! 70 µs of every pre-emption). The caller wakes meanwhile only to collect the step
+//! taken for it. Nothing changes for the machine: the same call, with the same
+//! arguments, made on another thread.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,15 +33,17 @@ use super::job_body::{self, Task};
 use super::reentry::{self, BuilderId};
 use super::subscribers::Subscribers;
 use super::BuilderConfig;
-use crate::error::{CancelReason, Error, JobError};
+use crate::error::{Error, JobError};
 use crate::executor::{EvalRequest, Executor};
 use crate::job::Job;
-use crate::machine::{Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step, Wait};
+use crate::machine::{
+    Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step, Until, Wait,
+};
 use crate::process::CgroupSlot;
 use crate::proto::{self, event, log_line};
 use crate::status::{BuildStatus, EvalStatus};
 use crate::store::{NewGeneration, Store};
-use crate::threads::SignalMask;
+use crate::threads::{Pool, SignalMask, Successor, POOL};
 
 /// The sending and receiving ends of a notification channel.
 pub(super) struct Channel<T> {
@@ -61,42 +64,81 @@ pub(super) struct Shared {
     pub(super) store: Arc<Store>,
     pub(super) executor: Arc<dyn Executor>,
     pub(super) state: Mutex<State>,
-    /// Signalled whenever a job's completion has been handled.
-    job_ended: Condvar,
+    /// Signalled whenever a job's completion has been handled or a stop ended.
+    changed: Condvar,
     pub(super) evaluation_done: Channel<String>,
     pub(super) build_done: Channel<String>,
     pub(super) subscribers: Arc<Subscribers>,
     /// The empty cgroup the builder's commands take turns in.
     pub(super) cgroups: Arc<CgroupSlot>,
+    /// The threads its jobs run on.
+    pub(super) pool: &'static Pool,
 }
 
 pub(super) struct State {
     pub(super) machine: Machine<proto::RepositoryStatus>,
     /// Every job started whose thread has not been joined yet.
     jobs: HashMap<JobId, Job>,
-    /// Calls blocked in [`Shared::wait_for`] or [`Shared::wait_for_stops`].
+    /// Calls blocked in [`Shared::wait`].
     pub(super) waiting_calls: usize,
-    /// `stop()` calls under way: no job starts meanwhile.
-    stopping: usize,
-    /// `stop()` calls made so far: an `eval` that waited for one under way gives up if
-    /// a later one came meanwhile.
-    stops_made: u64,
-    /// An `eval` waiting for the job it cancelled, whose next step that job's end takes
-    /// (see [`Shared::finish`]).
-    handed_over: Option<HandedOver>,
+    /// The `eval` whose next step the end of the job it waits for may take.
+    hand_over: HandOverSlot,
 }
 
-/// An `eval` call's next step, handed to the end of the job it waits for: taken there,
-/// on the job's thread, the next job starts without waiting for the caller to wake, and
-/// runs on that same thread (`threads::as_last_act`).
-struct HandedOver {
+/// An `eval` call's next step, offered to the end of the job it waits for.
+struct HandOver {
+    ticket: u64,
     uuid: String,
     request: proto::RepositoryStatus,
     wait: Wait,
     /// The caller's, for the job it starts.
     mask: SignalMask,
-    /// The step, once taken.
-    step: Option<Result<Step, Error>>,
+}
+
+/// Proof of an offer, which only the `eval` call that made it holds, and redeems once.
+#[must_use = "an offer is collected by the call that made it"]
+struct Ticket(u64);
+
+/// One hand-over at a time: an offer (taken by the job's end), then the step taken for
+/// it (collected by the caller). A second concurrent `eval` waits the ordinary way.
+#[derive(Default)]
+struct HandOverSlot {
+    offer: Option<HandOver>,
+    taken: Option<(u64, Result<Step, Error>)>,
+    tickets: u64,
+}
+
+impl HandOverSlot {
+    /// Offers the next step of an `eval` waiting for `wait`'s job; `None` if another
+    /// call's offer is pending.
+    fn offer(&mut self, uuid: &str, request: &proto::RepositoryStatus, wait: Wait) -> Option<Ticket> {
+        if self.offer.is_some() || self.taken.is_some() {
+            return None;
+        }
+        self.tickets += 1;
+        let ticket = self.tickets;
+        let mask = SignalMask::current();
+        self.offer = Some(HandOver { ticket, uuid: uuid.into(), request: request.clone(), wait, mask });
+        Some(Ticket(ticket))
+    }
+
+    /// The offer of an `eval` waiting for `job`, to take.
+    fn take_for(&mut self, job: JobId) -> Option<HandOver> {
+        self.offer.take_if(|offer| offer.wait.job() == Some(job))
+    }
+
+    /// The step taken for the offer `ticket` stood for.
+    fn give_back(&mut self, ticket: u64, step: Result<Step, Error>) {
+        debug_assert!(self.taken.is_none(), "one hand-over at a time");
+        self.taken = Some((ticket, step));
+    }
+
+    /// The step taken for `ticket`'s offer, if one was; an offer nobody took is
+    /// withdrawn (the caller makes the call itself).
+    fn collect(&mut self, ticket: Ticket) -> Option<Result<Step, Error>> {
+        self.offer.take_if(|offer| offer.ticket == ticket.0);
+        self.taken.take_if(|(t, _)| *t == ticket.0).map(|(_, step)| step)
+    }
 }
 
 impl Shared {
@@ -111,14 +153,13 @@ impl Shared {
                 machine: Machine::new(),
                 jobs: HashMap::new(),
                 waiting_calls: 0,
-                stopping: 0,
-                stops_made: 0,
-                handed_over: None,
+                hand_over: HandOverSlot::default(),
             }),
-            job_ended: Condvar::new(),
+            changed: Condvar::new(),
             evaluation_done: Channel::unbounded(),
             build_done: Channel::unbounded(),
             cgroups: Arc::default(),
+            pool: &POOL,
         }
     }
 
@@ -134,47 +175,24 @@ impl Shared {
         self.refuse_inside_job("eval")?;
         let uuid = uuid::Uuid::new_v4().to_string();
         let mut state = self.state.lock();
-        let stops_before = state.stops_made;
-        let mut waited = None;
-        let mut taken = None;
+        let mut step = state.machine.eval(&uuid, rs, None);
+        self.perform(&mut state);
         loop {
-            let step = match taken.take() {
-                Some(step) => step,
-                None => {
-                    // No job starts while a stop is under way: this one starts after it.
-                    if state.stopping > 0 {
-                        self.wait_for_stops(&mut state);
-                        // As an eval waiting for a job does, it gives up for a later stop.
-                        if state.stops_made != stops_before {
-                            return Err(Error::Stopped);
-                        }
-                    }
-                    let step = state.machine.eval(&uuid, rs, waited);
-                    self.perform(&mut state);
-                    step
-                }
-            };
-            match step? {
+            let wait = match step? {
                 Step::Done => return Ok(uuid),
-                Step::WaitFor(wait) => {
-                    let hand_over = state.handed_over.is_none();
-                    if hand_over {
-                        let request = rs.clone();
-                        state.handed_over = Some(HandedOver {
-                            uuid: uuid.clone(),
-                            request,
-                            wait,
-                            mask: SignalMask::current(),
-                            step: None,
-                        });
-                    }
-                    self.wait_for(&mut state, wait.job);
-                    waited = Some(wait);
-                    if hand_over {
-                        taken = state.handed_over.take().and_then(|h| h.step);
-                    }
-                }
+                Step::WaitFor(wait) => wait,
+            };
+            let ticket = match wait.until {
+                Until::JobEnded(_) => state.hand_over.offer(&uuid, rs, wait),
+                Until::StopsEnded => None,
+            };
+            self.wait(&mut state, wait);
+            if let Some(taken) = ticket.and_then(|ticket| state.hand_over.collect(ticket)) {
+                step = taken;
+                continue;
             }
+            step = state.machine.eval(&uuid, rs, Some(wait));
+            self.perform(&mut state);
         }
     }
 
@@ -201,7 +219,7 @@ impl Shared {
             match step? {
                 Step::Done => return Ok(()),
                 Step::WaitFor(wait) => {
-                    self.wait_for(&mut state, wait.job);
+                    self.wait(&mut state, wait);
                     waited = Some(wait);
                 }
             }
@@ -215,31 +233,25 @@ impl Shared {
         result
     }
 
-    /// Cancels everything and waits until the running job ended, unless it is the
-    /// caller's own; then joins the threads of the jobs that ended. No job starts
-    /// meanwhile (see the module documentation), so that when this returns none runs
+    /// Begins a stop, waits until the running job ended (unless it is the caller's
+    /// own), ends the stop; then joins the threads of the jobs that ended. The machine
+    /// starts no job while the stop is under way, so that when this returns none runs
     /// but the caller's own.
     pub(super) fn stop(self: &Arc<Self>) {
         let own = reentry::own_job(self.id);
         let ended: Vec<Job> = {
             let mut state = self.state.lock();
-            state.stops_made += 1;
-            state.stopping += 1;
-            // Once: no job starts while this waits. Should one run all the same, it is
-            // cancelled and waited for too.
-            loop {
-                let step = state.machine.stop();
-                self.perform(&mut state);
-                match step {
-                    Step::WaitFor(wait) if own != Some(wait.job) => self.wait_for(&mut state, wait.job),
-                    _ => break,
+            let step = state.machine.stop_begin();
+            self.perform(&mut state);
+            if let Step::WaitFor(wait) = step {
+                if wait.job() != own {
+                    self.wait(&mut state, wait);
                 }
             }
-            state.stopping -= 1;
-            if state.stopping == 0 {
-                // Evaluations made meanwhile go on.
-                self.job_ended.notify_all();
-            }
+            state.machine.stop_end();
+            self.perform(&mut state);
+            // Evaluations made meanwhile go on.
+            self.changed.notify_all();
             let running = state.machine.running_job().map(|(id, _)| id);
             let ended: Vec<JobId> =
                 state.jobs.keys().copied().filter(|&id| Some(id) != running && Some(id) != own).collect();
@@ -268,60 +280,72 @@ impl Shared {
     }
 
     /// Hands a job's outcome to the machine; called on the job's thread when it ends.
-    /// Takes the next step of an `eval` waiting for this job, unless a stop is under way
-    /// (the caller then waits for it, and may give up): the pre-empting evaluation
-    /// starts here, and its job runs next on this thread.
-    pub(super) fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) {
+    /// Takes the next step of an `eval` waiting for this job, if it offered it (see the
+    /// module documentation): the job that step starts is returned, to run next on this
+    /// thread.
+    pub(super) fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) -> Option<Successor> {
         let mut state = self.state.lock();
         state.machine.handle_finished(job, outcome);
         self.perform(&mut state);
-        if state.stopping == 0 {
-            if let Some(mut handed) = state.handed_over.take() {
-                if handed.step.is_none() && handed.wait.job == job {
-                    let step = state.machine.eval(&handed.uuid, &handed.request, Some(handed.wait));
-                    crate::threads::as_last_act(handed.mask, || self.perform(&mut state));
-                    handed.step = Some(step);
+        let mut successor = None;
+        if let Some(offer) = state.hand_over.take_for(job) {
+            let step = state.machine.eval(&offer.uuid, &offer.request, Some(offer.wait));
+            successor = self.perform_here(&mut state, offer.mask);
+            state.hand_over.give_back(offer.ticket, step);
+        }
+        self.changed.notify_all();
+        successor
+    }
+
+    /// Until what `wait` waits for is over: the job's completion handled, or every stop
+    /// under way ended.
+    fn wait(&self, state: &mut MutexGuard<'_, State>, wait: Wait) {
+        state.waiting_calls += 1;
+        loop {
+            let over = match wait.until {
+                Until::JobEnded(job) => {
+                    state.machine.running_job().is_none_or(|(running, _)| running != job)
                 }
-                state.handed_over = Some(handed);
+                Until::StopsEnded => !state.machine.is_stopping(),
+            };
+            if over {
+                break;
             }
-        }
-        self.job_ended.notify_all();
-    }
-
-    /// Until job `job` is no longer running (its completion has been handled).
-    fn wait_for(&self, state: &mut MutexGuard<'_, State>, job: JobId) {
-        state.waiting_calls += 1;
-        while state.machine.running_job().is_some_and(|(running, _)| running == job) {
-            self.job_ended.wait(state);
-        }
-        state.waiting_calls -= 1;
-    }
-
-    /// Until no stop is under way.
-    fn wait_for_stops(&self, state: &mut MutexGuard<'_, State>) {
-        state.waiting_calls += 1;
-        while state.stopping > 0 {
-            self.job_ended.wait(state);
+            self.changed.wait(state);
         }
         state.waiting_calls -= 1;
     }
 
     /// Performs every queued action of the machine, in order.
     fn perform(self: &Arc<Self>, state: &mut State) {
+        let successor = self.perform_starting(state, None);
+        debug_assert!(successor.is_none());
+    }
+
+    /// [`perform`](Shared::perform), the first job started being this thread's
+    /// successor, with signal mask `mask`.
+    fn perform_here(self: &Arc<Self>, state: &mut State, mask: SignalMask) -> Option<Successor> {
+        self.perform_starting(state, Some(mask))
+    }
+
+    fn perform_starting(
+        self: &Arc<Self>,
+        state: &mut State,
+        mut here: Option<SignalMask>,
+    ) -> Option<Successor> {
         let mut failed_to_start = Vec::new();
+        let mut successor = None;
         loop {
             while let Some(action) = state.machine.poll_action() {
                 match action {
-                    // A stop under way ends whatever would start (see the module doc).
-                    Action::StartEval { job, .. } | Action::StartBuild { job, .. } if state.stopping > 0 => {
-                        failed_to_start.push((job, JobError::Cancelled(Some(CancelReason::Stopped))));
-                    }
                     Action::StartEval { job, uuid, request } => {
                         let task = Task::Eval(self.eval_request(&request));
-                        self.start(state, job, task, uuid, &mut failed_to_start);
+                        let start = self.start(state, job, task, uuid, here.take());
+                        successor = successor.or(self.started(state, job, start, &mut failed_to_start));
                     }
                     Action::StartBuild { job, uuid, drv_path } => {
-                        self.start(state, job, Task::Build { drv_path }, uuid, &mut failed_to_start);
+                        let start = self.start(state, job, Task::Build { drv_path }, uuid, here.take());
+                        successor = successor.or(self.started(state, job, start, &mut failed_to_start));
                     }
                     Action::Cancel { job, reason } => {
                         if let Some(running) = state.jobs.get(&job) {
@@ -339,8 +363,28 @@ impl Shared {
             }
             let Some((job, error)) = failed_to_start.pop() else { break };
             state.machine.handle_finished(job, Outcome::Failed(error));
-            self.job_ended.notify_all();
+            self.changed.notify_all();
         }
+        successor
+    }
+
+    /// Files a job [`start`](Shared::start) started; one whose thread could not start
+    /// is recorded as failed (its `on_finished` will never run).
+    fn started(
+        &self,
+        state: &mut State,
+        id: JobId,
+        (job, successor): (Job, Option<Successor>),
+        failed_to_start: &mut Vec<(JobId, JobError)>,
+    ) -> Option<Successor> {
+        if job.is_finished() {
+            if let Some(error) = job.error() {
+                failed_to_start.push((id, error.clone()));
+                return None;
+            }
+        }
+        state.jobs.insert(id, job);
+        successor
     }
 
     fn eval_request(&self, rs: &proto::RepositoryStatus) -> EvalRequest {
@@ -354,14 +398,16 @@ impl Shared {
         }
     }
 
+    /// Job `id` running `task` for generation `uuid`: started on a thread of the pool,
+    /// or, with `here`, as the successor of the job on this thread (returned with it).
     fn start(
         self: &Arc<Self>,
         state: &mut State,
         id: JobId,
         task: Task,
         uuid: String,
-        failed_to_start: &mut Vec<(JobId, JobError)>,
-    ) {
+        here: Option<SignalMask>,
+    ) -> (Job, Option<Successor>) {
         // Finished jobs are joined here; their threads have returned, so this does
         // not block.
         state.jobs.retain(|_, job| !job.is_finished());
@@ -375,15 +421,14 @@ impl Shared {
         };
         let logs = self.subscribers.log_sink(id, uuid, phase);
         let mut job = job_body::job(self, id, task, timeout, grace, logs);
-        job.start();
-        if job.is_finished() {
-            if let Some(error) = job.error() {
-                // The thread did not start: on_finished will never run.
-                failed_to_start.push((id, error.clone()));
-                return;
+        let successor = match here {
+            Some(mask) => job.start_as_successor(mask),
+            None => {
+                job.start();
+                None
             }
-        }
-        state.jobs.insert(id, job);
+        };
+        (job, successor)
     }
 
     /// Writes a record to the store and publishes it to the subscribers.
@@ -424,14 +469,14 @@ impl Shared {
 }
 
 impl Drop for Shared {
-    /// Joins the threads of the jobs left, except the one this runs on: when a job
-    /// drops the builder's last handle, the builder goes with the job's end, on the
-    /// job's own thread, which a reaper thread joins instead. Then the idle job
-    /// threads exit.
+    /// Joins the threads of the jobs left, except those this very thread runs: when a
+    /// job drops the builder's last handle, the builder goes with the job's end, on the
+    /// job's own thread, where a successor it started would run next; a reaper thread
+    /// joins those instead. Then the idle job threads exit.
     fn drop(&mut self) {
         let own = reentry::own_job(self.id);
         for (id, job) in self.state.get_mut().jobs.drain() {
-            if Some(id) != own {
+            if Some(id) != own && !job.runs_next_here() {
                 drop(job);
                 continue;
             }
@@ -450,6 +495,99 @@ impl Drop for Shared {
             }
         }
         // Job threads left idle (this builder's, or another's) would outlive it.
-        crate::threads::retire_idle();
+        self.pool.retire_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::executor::EvalOutput;
+    use crate::job::JobContext;
+
+    /// Where each evaluation ran (the job thread and its idle spell); the one of commit
+    /// "first" waits until it is cancelled.
+    #[derive(Default)]
+    struct RecordsWhere {
+        ran: parking_lot::Mutex<Vec<(String, (std::thread::ThreadId, u64))>>,
+        first_running: parking_lot::Condvar,
+    }
+
+    impl Executor for RecordsWhere {
+        fn eval(&self, req: &EvalRequest, ctx: &JobContext) -> Result<EvalOutput, JobError> {
+            self.ran.lock().push((req.commit_id.clone(), crate::threads::tests::where_am_i()));
+            self.first_running.notify_all();
+            if req.commit_id == "first" {
+                while !ctx.is_cancelled() {
+                    std::thread::yield_now();
+                }
+                return Err(ctx.check().unwrap_err());
+            }
+            Ok(EvalOutput {
+                drv_path: "/nix/store/x.drv".into(),
+                out_path: "/nix/store/x".into(),
+                machine_id: String::new(),
+            })
+        }
+        fn build(&self, _: &str, _: &JobContext) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn is_store_path_valid(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    fn rs(commit: &str) -> proto::RepositoryStatus {
+        proto::RepositoryStatus { selected_commit_id: commit.into(), ..Default::default() }
+    }
+
+    /// Issue 21, item 3: once the last handle is dropped, every thread that ran one of
+    /// the builder's jobs is joined, also one that handed its last result over a
+    /// moment ago (it used to list itself idle only after, and be missed).
+    #[test]
+    fn dropping_a_builder_joins_every_thread_its_jobs_ran_on() {
+        let pool = crate::threads::tests::pool(Duration::from_secs(600));
+        for round in 0..3000 {
+            let executor = Arc::new(RecordsWhere::default());
+            let config = BuilderConfig::new("host", "/nonexistent");
+            let mut shared = Shared::new(config, Arc::new(Store::new()), executor.clone());
+            shared.pool = pool;
+            let builder = super::super::Builder::from_shared(Arc::new(shared));
+            let uuid = builder.eval(&rs("c")).unwrap();
+            builder.evaluation_done().recv_timeout(Duration::from_secs(20)).unwrap();
+            builder.submit_build(&uuid).unwrap();
+            builder.build_done().recv_timeout(Duration::from_secs(20)).unwrap();
+            builder.eval(&rs("d")).unwrap();
+            builder.evaluation_done().recv_timeout(Duration::from_secs(20)).unwrap();
+            drop(builder);
+            for (_, (thread, _)) in executor.ran.lock().iter() {
+                assert!(pool.is_joined(*thread), "round {round}: a job thread outlived its builder");
+            }
+        }
+    }
+
+    /// Issue 23, item 2: the evaluation an `eval` starts by pre-empting a job runs next
+    /// on that job's thread, in the same busy spell: handed over at the job's end, not
+    /// started by the caller once it woke (which lands on another thread, or on the
+    /// same one after it went idle).
+    #[test]
+    fn a_preempting_evaluation_runs_next_on_the_cancelled_jobs_thread() {
+        let executor = Arc::new(RecordsWhere::default());
+        let config = BuilderConfig::new("host", "/nonexistent");
+        let shared = Arc::new(Shared::new(config, Arc::new(Store::new()), executor.clone()));
+        shared.eval(&rs("first")).unwrap();
+        {
+            let mut ran = executor.ran.lock();
+            while ran.is_empty() {
+                executor.first_running.wait_for(&mut ran, Duration::from_secs(20));
+            }
+        }
+        shared.eval(&rs("second")).unwrap();
+        shared.stop();
+        let ran = executor.ran.lock().clone();
+        assert_eq!(ran.len(), 2, "{ran:?}");
+        assert_eq!(ran[0].1, ran[1].1, "the second evaluation did not run next on the first one's thread");
     }
 }

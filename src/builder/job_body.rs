@@ -132,11 +132,12 @@ pub(super) fn job(
                 Ok(()) => outcome.lock().take().expect("a job that succeeded left its outcome"),
                 Err(e) => Outcome::Failed(e.clone()),
             };
-            shared.finish(id, outcome);
+            let successor = shared.finish(id, outcome);
             // If the last handle was dropped by this job, this is the builder's last
             // reference: it must go while the thread is still marked as the job's, so
             // that the builder does not join this very thread (see `Shared`'s Drop).
             drop(shared);
+            successor
         }
     };
     Job::new(work, timeout)
@@ -145,5 +146,6 @@ pub(super) fn job(
         .with_log_sink(logs)
         .with_gc_root_owner(shared.store.id())
         .with_cgroup_slot(shared.cgroups.clone())
-        .on_finished(on_finished)
+        .with_pool(shared.pool)
+        .on_finished_then(on_finished)
 }

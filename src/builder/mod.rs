@@ -181,6 +181,13 @@ impl Builder {
         Builder { shared: Arc::new(StopOnDrop { shared, _attached: attached }) }
     }
 
+    /// A builder around `shared`, for tests that set up its state themselves.
+    #[cfg(test)]
+    fn from_shared(shared: Arc<Shared>) -> Builder {
+        let attached = attach::attach(&shared.store);
+        Builder { shared: Arc::new(StopOnDrop { shared, _attached: attached }) }
+    }
+
     fn driver(&self) -> &Arc<Shared> {
         &self.shared.shared
     }

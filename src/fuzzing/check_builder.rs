@@ -272,6 +272,12 @@ impl BuilderChecker {
             // jobs report only their own end, once.
             Op::Complete { .. } => {}
             Op::Race { calls, cancelled_job_ends } => self.race(&Op::race_calls(&calls), cancelled_job_ends),
+            Op::StopWindow { calls, .. } => {
+                self.lone_call(Call::Stop);
+                for call in Op::race_calls(&calls) {
+                    self.lone_call(call);
+                }
+            }
         }
         let expected: Vec<Ev> =
             self.reference.take_evs().into_iter().filter(Ev::is_visible_to_builder_check).collect();
@@ -573,7 +579,7 @@ pub fn check_builder(ops: &[Op]) {
         );
     }
     drop(c);
-    crate::threads::retire_idle();
+    crate::threads::POOL.retire_idle();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let now = genbuild_threads();

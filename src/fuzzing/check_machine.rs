@@ -17,9 +17,11 @@ use std::fmt;
 
 use effects::Stored;
 
-use super::reference::{Blocked, Ev, Kind, Reference, Reply, BUILT};
+use super::reference::{Blocked, Ev, Kind, Reference, Reply, Text, BUILT};
 use super::{earlier_commit, error_mismatch, Call, JobEnd, Op, Target};
-use crate::machine::{Action, GenerationView, JobId, JobKind, Machine, Notification, Outcome, Step, Wait};
+use crate::machine::{
+    Action, GenerationView, JobId, JobKind, Machine, Notification, Outcome, Step, Until, Wait,
+};
 use crate::status::EvalStatus;
 use crate::store::Store;
 use crate::{CancelReason, Error, JobError};
@@ -35,8 +37,8 @@ struct RunningJob {
     lookup_pending: bool,
 }
 
-/// A machine command that returned [`Step::WaitFor`] and is made again once the
-/// job ended.
+/// A machine command that returned [`Step::WaitFor`] and is made again once what it
+/// waits for is over (a `stop` is ended then).
 #[derive(Debug)]
 enum Pending {
     Eval { uuid: String, key: String, wait: Wait },
@@ -45,9 +47,9 @@ enum Pending {
 }
 
 impl Pending {
-    fn job(&self) -> JobId {
+    fn wait(&self) -> Wait {
         match self {
-            Pending::Eval { wait, .. } | Pending::Suspend(wait) | Pending::Stop(wait) => wait.job,
+            Pending::Eval { wait, .. } | Pending::Suspend(wait) | Pending::Stop(wait) => *wait,
         }
     }
 }
@@ -104,6 +106,9 @@ impl MachineDriver {
         let mut notifications = 0;
         while let Some(action) = self.machine.poll_action() {
             match action {
+                Action::StartEval { .. } | Action::StartBuild { .. } if self.machine.is_stopping() => {
+                    self.fail("no job starts while a stop is under way", format!("{action:?}"))
+                }
                 Action::StartEval { job, uuid, request } => {
                     if evs.last() != Some(&Ev::EvalStarted(uuid.clone())) {
                         self.fail("an evaluation is recorded as started before it starts", &uuid);
@@ -151,6 +156,18 @@ impl MachineDriver {
                     evs.push(Ev::Cancel(running.uuid));
                 }
                 Action::Record(record) => evs.push(self.apply_record(record)),
+                Action::Notify(Notification::BuildDone(uuid))
+                    if finished.is_none()
+                        && self.machine.is_stopping()
+                        && evs.last()
+                            == Some(&Ev::BuildFinished(
+                                uuid.clone(),
+                                Err(Text::Exact("cancelled: stopped".into())),
+                            )) =>
+                {
+                    // A build that would start during a stop ends at once, unstarted.
+                    evs.push(Ev::BuildDone(uuid));
+                }
                 Action::Notify(n) => {
                     notifications += 1;
                     let Some(job) = finished else {
@@ -248,9 +265,11 @@ impl MachineDriver {
             Call::Stop => {
                 self.stopped = true;
                 let reply = self.reference.stop();
-                match self.machine.stop() {
+                match self.machine.stop_begin() {
                     Step::WaitFor(wait) => (Some(Pending::Stop(wait)), Ok(()), reply),
                     Step::Done => {
+                        evs.extend(self.drain(None));
+                        self.machine.stop_end();
                         evs.extend(self.drain(None));
                         self.check_stopped();
                         (None, Ok(()), reply)
@@ -262,16 +281,22 @@ impl MachineDriver {
         evs.extend(self.look_for_reuse());
         match (pending, reply) {
             (Some(pending), Reply::Blocked(blocked)) => {
-                let job = pending.job();
-                match &self.running {
-                    Some(r) if r.id == job => {}
-                    r => self.fail(
-                        "a command waits only for the running job",
-                        format!("{job:?} while {r:?} runs"),
-                    ),
-                }
-                if self.cancelled.is_none() {
-                    self.fail("a command waits only for a job it cancelled", format!("{job:?}"));
+                match pending.wait().until {
+                    Until::JobEnded(job) => {
+                        match &self.running {
+                            Some(r) if r.id == job => {}
+                            r => self.fail(
+                                "a command waits only for the running job",
+                                format!("{job:?} while {r:?} runs"),
+                            ),
+                        }
+                        if self.cancelled.is_none() {
+                            self.fail("a command waits only for a job it cancelled", format!("{job:?}"));
+                        }
+                    }
+                    Until::StopsEnded if !self.machine.is_stopping() => self
+                        .fail("a command waits for stops only while one is under way", format!("{call:?}")),
+                    Until::StopsEnded => {}
                 }
                 Called { pending: Some((pending, blocked)), result: Ok(()), expected: Ok(()) }
             }
@@ -300,6 +325,10 @@ impl MachineDriver {
     /// A blocked call, once the job it waited for ended.
     fn unblock(&mut self, pending: Pending, blocked: Blocked, evs: &mut Vec<Ev>) {
         let expected = self.reference.unblock(blocked);
+        let pending_kind = match pending {
+            Pending::Stop(_) => PendingKind::Stop,
+            _ => PendingKind::Other,
+        };
         let result = match pending {
             Pending::Eval { uuid, key, wait } => match self.machine.eval(&uuid, &key, Some(wait)) {
                 Ok(Step::Done) => {
@@ -308,7 +337,7 @@ impl MachineDriver {
                 }
                 Ok(Step::WaitFor(wait)) => self.fail(
                     "no job of a generation starts once a newer one was asked for",
-                    format!("eval of {uuid} waits again, for {:?}", wait.job),
+                    format!("eval of {uuid} waits again, for {:?}", wait.until),
                 ),
                 Err(e) => Err(e),
             },
@@ -316,9 +345,15 @@ impl MachineDriver {
                 Ok(Step::Done) => Ok(()),
                 other => self.fail("a suspend waits for one job at most", format!("{other:?}")),
             },
-            Pending::Stop(_) => Ok(()),
+            Pending::Stop(_) => {
+                self.machine.stop_end();
+                Ok(())
+            }
         };
         evs.extend(self.drain(None));
+        if matches!(pending_kind, PendingKind::Stop) {
+            self.check_stopped();
+        }
         evs.extend(self.look_for_reuse());
         if let Some((rule, detail)) = error_mismatch(&result, &expected) {
             self.fail(rule, detail);
@@ -346,9 +381,6 @@ impl MachineDriver {
         }
         evs.extend(self.finish_running(ending, false));
         self.reference.finish(ending, false);
-        if blocked.iter().any(|(p, _)| matches!(p, Pending::Stop(_))) {
-            self.check_stopped();
-        }
         for (pending, blocked) in blocked {
             self.unblock(pending, blocked, evs);
         }
@@ -379,15 +411,11 @@ impl MachineDriver {
             }
             Op::Complete { job, ending } => self.complete(job, ending, &mut evs),
             Op::Race { calls, cancelled_job_ends } => {
-                let mut blocked = Vec::new();
-                for call in Op::race_calls(&calls) {
-                    let called = self.call(call, &mut evs);
-                    if let Some((rule, detail)) = error_mismatch(&called.result, &called.expected) {
-                        self.fail(rule, detail);
-                    }
-                    blocked.extend(called.pending);
-                }
+                let blocked = self.calls(&Op::race_calls(&calls), &mut evs);
                 self.end_dying_job(blocked, cancelled_job_ends, &mut evs);
+            }
+            Op::StopWindow { calls, cancelled_job_ends } => {
+                self.stop_window(&calls, cancelled_job_ends, &mut evs)
             }
         }
         let expected = self.reference.take_evs();
@@ -403,6 +431,43 @@ impl MachineDriver {
         self.check_state();
     }
 
+    /// Makes `calls` in order; the calls left waiting.
+    fn calls(&mut self, calls: &[Call], evs: &mut Vec<Ev>) -> Vec<(Pending, Blocked)> {
+        let mut blocked = Vec::new();
+        for &call in calls {
+            let called = self.call(call, evs);
+            if let Some((rule, detail)) = error_mismatch(&called.result, &called.expected) {
+                self.fail(rule, detail);
+            }
+            blocked.extend(called.pending);
+        }
+        blocked
+    }
+
+    /// A stop whose job ends with `ending`, then `calls` made before the stop is over,
+    /// then its end, then the calls that waited for it.
+    fn stop_window(&mut self, calls: &[Call], ending: JobEnd, evs: &mut Vec<Ev>) {
+        self.stopped = true;
+        let runs = self.reference.stop_begin();
+        let step = self.machine.stop_begin();
+        evs.extend(self.drain(None));
+        if runs != matches!(step, Step::WaitFor(_)) {
+            self.fail("a stop waits exactly when it cancels the running job", format!("{step:?}"));
+        }
+        if runs {
+            evs.extend(self.finish_running(ending, false));
+            self.reference.finish(ending, false);
+        }
+        let blocked = self.calls(&Op::race_calls(calls), evs);
+        self.machine.stop_end();
+        self.reference.stop_end();
+        evs.extend(self.drain(None));
+        self.check_stopped();
+        for (pending, blocked) in blocked {
+            self.unblock(pending, blocked, evs);
+        }
+    }
+
     /// Makes `call`; if it waits, its job ends with `ending` and the call is made
     /// again, as a lone caller's would be.
     fn settle(
@@ -413,12 +478,8 @@ impl MachineDriver {
     ) -> (Result<(), Error>, Result<(), Error>) {
         let called = self.call(call, evs);
         let Some((pending, blocked)) = called.pending else { return (called.result, called.expected) };
-        let is_stop = matches!(pending, Pending::Stop(_));
         evs.extend(self.finish_running(ending, false));
         self.reference.finish(ending, false);
-        if is_stop {
-            self.check_stopped();
-        }
         self.unblock(pending, blocked, evs);
         (Ok(()), Ok(()))
     }
@@ -506,6 +567,13 @@ impl MachineDriver {
             self.fail("the evaluations kept for reuse", format!("expected {want:?}, got {kept:?}"));
         }
     }
+}
+
+/// Which pending command was made again.
+#[derive(Clone, Copy)]
+enum PendingKind {
+    Stop,
+    Other,
 }
 
 /// Applies `ops` to the state machine, acting as its driver, and panics, naming the

@@ -27,9 +27,10 @@
 //! index of reusable evaluations, both of which the checkers compare.
 //!
 //! Besides comparing with the reference, both checkers hold these invariants after
-//! every operation: when `stop()` returns nothing runs and nothing is wanted; a resume
-//! after a stop starts nothing; every notification names the generation whose job
-//! ended; no job of a generation starts once a newer generation was created.
+//! every operation: when `stop()` returns nothing runs and nothing is wanted; no job
+//! starts while a stop is under way; a resume after a stop starts nothing; every
+//! notification names the generation whose job ended; no job of a generation starts
+//! once a newer generation was created.
 //!
 //! # Races
 //!
@@ -134,11 +135,19 @@ pub enum Op {
         calls: [Call; 3],
         cancelled_job_ends: JobEnd,
     },
+    /// A `stop()` whose job (if one runs) ends with `cancelled_job_ends`, and `calls`
+    /// made after that job ended but before the stop is over: no job may start then.
+    /// (The builder check makes them once `stop()` returned: it cannot hold a stop
+    /// open.)
+    StopWindow {
+        calls: [Call; 2],
+        cancelled_job_ends: JobEnd,
+    },
 }
 
 impl Op {
     /// The calls a race makes: its first `eval` only.
-    fn race_calls(calls: &[Call; 3]) -> Vec<Call> {
+    fn race_calls(calls: &[Call]) -> Vec<Call> {
         let first_eval = calls.iter().position(|c| matches!(c, Call::Eval(_)));
         calls
             .iter()
@@ -217,7 +226,7 @@ impl<'a> Arbitrary<'a> for Call {
 
 impl<'a> Arbitrary<'a> for Op {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.choose_index(9)? {
+        Ok(match u.choose_index(10)? {
             0 => Op::Eval { cancelled_job_ends: u.arbitrary()?, commit: u.arbitrary()? },
             1 => Op::SubmitCurrent,
             2 => Op::SubmitStale(u.arbitrary()?),
@@ -226,7 +235,8 @@ impl<'a> Arbitrary<'a> for Op {
             5 => Op::Resume,
             6 => Op::Stop { cancelled_job_ends: u.arbitrary()? },
             7 => Op::Complete { job: u.arbitrary()?, ending: u.arbitrary()? },
-            _ => Op::Race { calls: u.arbitrary()?, cancelled_job_ends: u.arbitrary()? },
+            8 => Op::Race { calls: u.arbitrary()?, cancelled_job_ends: u.arbitrary()? },
+            _ => Op::StopWindow { calls: u.arbitrary()?, cancelled_job_ends: u.arbitrary()? },
         })
     }
 

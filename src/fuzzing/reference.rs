@@ -16,7 +16,10 @@
 //!   suspend is what ended it; `resume` starts a wanted build of the current
 //!   generation if nothing runs.
 //! * `stop` forgets every wanted build, cancels whatever runs and waits for it; an
-//!   `eval` that was waiting when `stop` was called gives up ("stopped").
+//!   `eval` that was waiting when `stop` was called gives up ("stopped"). Until it
+//!   returns, no job starts: an `eval` waits for it, a build that would start ends at
+//!   once ("cancelled: stopped"), and a build wanted meanwhile is forgotten when it
+//!   returns.
 //! * A job cancelled several times records the strongest reason: stopped, then
 //!   superseded, then suspended. A job that ends on its own records its own error.
 //! * A job's end starts a wanted build of the current generation if not suspended.
@@ -170,6 +173,8 @@ pub(super) struct Reference {
     pub(super) running: Option<RefJob>,
     pub(super) suspended: bool,
     stops: u64,
+    /// Stops under way.
+    stopping: u32,
     /// Every generation created, oldest first.
     pub(super) known: Vec<String>,
     /// The evaluations kept for reuse, least recently used first.
@@ -225,8 +230,10 @@ impl Reference {
         if let Some(g) = &mut self.current {
             g.wanted = false;
         }
-        if self.running.is_some() {
-            self.cancel(Why::Superseded(uuid.to_string()));
+        if self.running.is_some() || self.stopping > 0 {
+            if self.running.is_some() {
+                self.cancel(Why::Superseded(uuid.to_string()));
+            }
             let (uuid, key, stops) = (uuid.into(), key.into(), self.stops);
             return Reply::Blocked(Blocked::Eval { uuid, key, stops, drv_valid });
         }
@@ -305,10 +312,18 @@ impl Reference {
             return;
         }
         g.wanted = false;
+        self.evs.push(Ev::BuildStarted(g.uuid.clone(), BUILD_REASON_NEED_BUILD));
+        if self.stopping > 0 {
+            let text = Why::Stopped.text();
+            g.build = FAILED;
+            g.build_err = Text::Exact(text.clone());
+            self.evs.push(Ev::BuildFinished(g.uuid.clone(), Err(Text::Exact(text))));
+            self.evs.push(Ev::BuildDone(g.uuid.clone()));
+            return;
+        }
         g.build = BUILDING;
         g.build_err = Text::Exact(String::new());
         self.running = Some(RefJob { kind: Kind::Build, cancelled: None });
-        self.evs.push(Ev::BuildStarted(g.uuid.clone(), BUILD_REASON_NEED_BUILD));
         self.evs.push(Ev::StartBuild(g.uuid.clone(), g.drv_path.clone()));
     }
 
@@ -333,16 +348,35 @@ impl Reference {
         Ok(())
     }
 
+    /// A lone `stop()`: it waits for the job it cancels, if one runs.
     pub(super) fn stop(&mut self) -> Reply {
+        if self.stop_begin() {
+            return Reply::Blocked(Blocked::Stop);
+        }
+        self.stop_end();
+        Reply::Returned(Ok(()))
+    }
+
+    /// A stop begins: every wanted build is forgotten, whatever runs is cancelled;
+    /// whether a job runs, for the stop to wait for.
+    pub(super) fn stop_begin(&mut self) -> bool {
         self.stops += 1;
+        self.stopping += 1;
         if let Some(g) = &mut self.current {
             g.wanted = false;
         }
         if self.running.is_some() {
             self.cancel(Why::Stopped);
-            return Reply::Blocked(Blocked::Stop);
         }
-        Reply::Returned(Ok(()))
+        self.running.is_some()
+    }
+
+    /// A stop returns: what was wanted meanwhile is forgotten.
+    pub(super) fn stop_end(&mut self) {
+        self.stopping -= 1;
+        if let Some(g) = &mut self.current {
+            g.wanted = false;
+        }
     }
 
     /// Gives generation `placeholder`, created by an `eval` whose uuid was not known
@@ -400,10 +434,15 @@ impl Reference {
         match blocked {
             Blocked::Eval { stops, .. } if stops != self.stops => Err(Error::Stopped),
             Blocked::Eval { uuid, key, drv_valid, .. } => {
+                assert_eq!(self.stopping, 0, "an eval waits for every stop under way");
                 self.create(&uuid, &key, drv_valid);
                 Ok(())
             }
-            Blocked::Suspend | Blocked::Stop => Ok(()),
+            Blocked::Suspend => Ok(()),
+            Blocked::Stop => {
+                self.stop_end();
+                Ok(())
+            }
         }
     }
 
