@@ -10,13 +10,12 @@
 //! [`JobError`]: whoever waits for the job, and the job's
 //! [`on_finished`](Job::on_finished) hook, always learn how it ended.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{CancelReason, JobError};
 use crate::process::{
-    self, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
+    self, AnyCommand, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
 };
 use crate::threads::{JobThread, Pool, SignalMask, Successor, POOL};
 
@@ -123,7 +122,7 @@ impl JobContext {
     /// (`env`, `env_remove`, `env_clear`) and working directory are honoured,
     /// `pre_exec` hooks are not run. A command with a `uid`, `gid`, `groups` or `arg0`
     /// is started by std instead (with a `fork`).
-    pub fn run(&self, cmd: Command) -> Result<CommandOutput, JobError> {
+    pub fn run(&self, cmd: impl Into<AnyCommand>) -> Result<CommandOutput, JobError> {
         self.run_with(cmd, &mut |stream, line| self.log(stream, line))
     }
 
@@ -133,10 +132,10 @@ impl JobContext {
     /// for the error of a failing command.
     pub fn run_with(
         &self,
-        cmd: Command,
+        cmd: impl Into<AnyCommand>,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> Result<CommandOutput, JobError> {
-        process::run(cmd, &self.limits(&self.options), on_line)
+        process::run(cmd.into(), &self.limits(&self.options), on_line)
     }
 
     fn limits<'a>(&'a self, options: &'a ProcessOptions) -> Limits<'a> {
@@ -157,7 +156,7 @@ impl JobContext {
     /// migration, up to milliseconds after a quiet spell); it is stopped as any command.
     pub(crate) fn run_query(
         &self,
-        cmd: Command,
+        cmd: impl Into<AnyCommand>,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> Result<CommandOutput, JobError> {
         let options = match self.options.containment {
@@ -166,7 +165,7 @@ impl JobContext {
             }
             _ => self.options.clone(),
         };
-        process::run(cmd, &self.limits(&options), on_line)
+        process::run(cmd.into(), &self.limits(&options), on_line)
     }
 
     /// Sends one line to the job's log, as if a command had printed it.
@@ -254,8 +253,7 @@ type OnFinished = Box<dyn FnOnce(&Result<(), JobError>) -> Option<Successor> + S
 /// Runs one piece of [`Work`] on a thread of its own, with a timeout and cancellation.
 ///
 /// ```
-/// use std::process::Command;
-/// use std::time::Duration;
+/// /// use std::time::Duration;
 /// use genbuild::{Job, JobContext, JobError};
 ///
 /// let mut job = Job::new(

@@ -38,6 +38,9 @@
 //! cancellation, grace) and a line callback. It never imports `job` or `builder`.
 
 mod cgroup;
+mod clone;
+mod command;
+mod fds;
 pub(crate) mod pipes;
 mod poll;
 mod spawn;
@@ -46,9 +49,7 @@ mod tree;
 mod wait;
 mod wake;
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ use parking_lot::Mutex;
 use crate::error::{CancelReason, JobError};
 
 pub(crate) use cgroup::CgroupSlot;
+pub use command::{AnyCommand, Command};
 
 /// The output stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +232,7 @@ pub(crate) struct Limits<'a> {
 /// Runs `cmd` under `limits`, handing every line it prints to `on_line` on this thread,
 /// in order. See the module documentation for what happens to its processes.
 pub(crate) fn run(
-    mut cmd: Command,
+    cmd: AnyCommand,
     limits: &Limits<'_>,
     on_line: &mut dyn FnMut(Stream, &str),
 ) -> Result<CommandOutput, JobError> {
@@ -244,83 +246,16 @@ pub(crate) fn run(
     if let Some(why) = wait::sigchld_unusable() {
         return Err(JobError::Failed(format!("cannot run `{description}`: {why}")));
     }
-    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (child, cgroup) = spawn(&mut cmd, limits, &description)?;
+    let cgroup =
+        cgroup::Cgroup::for_command(&limits.options.containment, limits.cgroups).map_err(JobError::Failed)?;
+    let (child, cgroup) = spawn::start(cmd, cgroup, limits.options, &description)?;
     supervise::supervise(child, cgroup, limits, on_line, description)
 }
 
-/// Spawns `cmd` inside a cgroup of its own when `limits` ask for one; under
-/// [`Containment::Auto`], a cgroup that cannot be created or entered falls back to the
-/// process tree for this command.
-fn spawn(
-    cmd: &mut Command,
-    limits: &Limits<'_>,
-    description: &str,
-) -> Result<(spawn::Child, Option<cgroup::Cgroup>), JobError> {
-    let options = limits.options;
-    let cannot_start = |e: std::io::Error| JobError::Failed(format!("cannot start `{description}`: {e}"));
-    let std_spawn =
-        |cmd: &mut Command| cmd.spawn().map(|child| (spawn::Child::Std(child), None)).map_err(cannot_start);
-    let containment = &options.containment;
-    let mut cgroup = cgroup::Cgroup::for_command(containment, limits.cgroups).map_err(JobError::Failed)?;
-    let Some(group) = cgroup.as_mut() else {
-        log::debug!("`{description}`: contained by its process tree");
-        return std_spawn(cmd);
-    };
-    let contained = |child: spawn::Child, group: &cgroup::Cgroup| {
-        log::debug!("`{description}`: pid {} contained by cgroup {}", child.pid(), group.dir().display());
-        child
-    };
-    if options.wait == WaitStrategy::Pidfd {
-        match spawn::clone_into_cgroup(cmd, group.target()) {
-            Ok(child) => {
-                group.spawned();
-                let child = contained(child, group);
-                return Ok((child, cgroup));
-            }
-            Err(spawn::CloneError::Start(e)) => return Err(cannot_start(e)),
-            Err(spawn::CloneError::Enter(e)) if *containment == Containment::Auto => {
-                log::debug!(
-                    "`{description}` could not enter cgroup {} ({e}); starting it without",
-                    group.dir().display()
-                );
-                drop(cgroup);
-                return std_spawn(cmd);
-            }
-            Err(spawn::CloneError::Enter(e)) => return Err(cannot_start(e)),
-            Err(spawn::CloneError::Unsupported(why)) => {
-                log::debug!("`{description}`: started by std's fork ({why})");
-            }
-        }
-    }
-    let entry = group.entry();
-    // SAFETY: the hook only calls write(2) on an fd opened before the fork, which is
-    // async-signal-safe, and allocates nothing.
-    let hook = entry.clone();
-    unsafe { cmd.pre_exec(move || hook.enter()) };
-    match cmd.spawn() {
-        Ok(child) => {
-            group.spawned();
-            let child = contained(spawn::Child::Std(child), group);
-            Ok((child, cgroup))
-        }
-        Err(e) if *containment == Containment::Auto => {
-            log::debug!(
-                "`{description}` could not start inside cgroup {} ({e}); trying without",
-                group.dir().display()
-            );
-            entry.disable();
-            drop(cgroup);
-            std_spawn(cmd)
-        }
-        Err(e) => Err(cannot_start(e)),
-    }
-}
-
 /// The command line as a person would type it, shortened to stay readable in errors.
-fn describe(cmd: &Command) -> String {
-    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
-    words.extend(cmd.get_args().map(|a| {
+fn describe(cmd: &AnyCommand) -> String {
+    let mut words = vec![cmd.program().to_string_lossy().into_owned()];
+    words.extend(cmd.args().into_iter().map(|a| {
         let a = a.to_string_lossy();
         if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,%^#".contains(c)) {
             a.into_owned()
@@ -342,14 +277,38 @@ fn deadline_after(d: Duration) -> Option<Instant> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Runs the test named `test` again in a process of its own (this test binary, with
+    /// only that test), for a test that changes what the whole process shares (its file
+    /// descriptors, its stdio): true in that process, where the test goes on; in this
+    /// one, false once it passed there (a failure there fails here).
+    pub(crate) fn alone(test: &str) -> bool {
+        const ALONE: &str = "GENBUILD_TEST_ALONE";
+        if std::env::var_os(ALONE).is_some_and(|t| t == test) {
+            return true;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(ALONE, test)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+            "{test}, run alone: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        false
+    }
 
     #[test]
     fn describe_quotes_what_a_shell_would_split() {
         let mut cmd = Command::new("nix-instantiate");
         cmd.args(["--eval", "a b", "it's"]);
-        assert_eq!(describe(&cmd), r"nix-instantiate --eval 'a b' 'it'\''s'");
+        assert_eq!(describe(&cmd.into()), r"nix-instantiate --eval 'a b' 'it'\''s'");
     }
 
     #[test]

@@ -1,42 +1,34 @@
-//! Starting a command: by std, or, when it gets a cgroup, by a `vfork`-style clone
-//! born in the cgroup.
+//! Starting a command: the one place that decides how, before the command is touched.
 //!
-//! std's `Command::spawn` uses `posix_spawn`, a `vfork` whose child borrows the
-//! parent's memory until `exec`, unless a `pre_exec` hook is set; then it `fork`s,
-//! copying the parent's page tables. The hook is the only way std offers to enter a
-//! cgroup before `exec`, and the copy, with the migration into the cgroup (a write to
-//! `cgroup.procs`, which waits for an RCU grace period after a quiet spell), cost 3–6×
-//! the whole `posix_spawn`. So a command that gets a cgroup is started here, the way
-//! glibc's `posix_spawn` starts one, `CLONE_VM | CLONE_VFORK | CLONE_PIDFD` on a stack
-//! of its own with all signals blocked, and on x86-64 by `clone3` with
-//! `CLONE_INTO_CGROUP`, so that the child is born in its cgroup. Elsewhere (or before
-//! Linux 5.7) glibc's `clone` starts it and it writes to `cgroup.procs` first thing.
-//! The child only makes system calls on data the parent prepared: (enter the cgroup,)
-//! a process group of its own, stdin from `/dev/null` and the two pipes, default
-//! handlers and the starting thread's signal mask (as std gives its children), the
-//! working directory, `execve` along `PATH`. It writes that it ran, and which step
-//! failed, into the parent's memory, read once it is gone; a child that never ran was
-//! killed as it was born (Linux 6.18 does that in a cgroup that once got `cgroup.kill`,
-//! which is why such a cgroup is not kept for the next command) and the command is
-//! started by std instead.
+//! | command                     | cgroup, pidfd wait         | cgroup, portable wait | no cgroup |
+//! |-----------------------------|----------------------------|-----------------------|-----------|
+//! | genbuild's [`Command`](super::Command) | [`clone`](super::clone)    | std + entry hook      | std       |
+//! | `std::process::Command`     | std + entry hook           | std + entry hook      | std       |
 //!
-//! What a `Command` holds without a getter cannot be honoured here: a command with a
-//! `uid`, `gid`, `groups` or `arg0` (seen in its `Debug` form, whose layout a test
-//! pins) is started by std (`fork` and the hook); `env_clear` is seen the same way and
-//! honoured. `pre_exec` hooks cannot be seen at all and do not run for a command in a
-//! cgroup (documented on `JobContext::run`).
+//! * **clone**: genbuild starts it, born in its cgroup (see [`super::clone`]); every
+//!   setting of a [`Command`] is honoured there. A kernel that kills a child cloned into
+//!   a cgroup once killed sends the command the std way.
+//! * **std + entry hook**: std's `spawn`, which honours everything a
+//!   `std::process::Command` holds, with a `pre_exec` hook that enters the cgroup by
+//!   writing to a `cgroup.procs` the hook owns ([`EntryHook`], numbered 3 or more).
+//! * **std**: std's `spawn` (`posix_spawn`).
+//!
+//! Under [`Containment::Auto`], a command that cannot enter its cgroup is started
+//! without one (its process tree contains it); under [`Containment::Cgroup`] it fails.
 
-use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::process::{Pid, WaitOptions};
+
+use super::cgroup::{Cgroup, EntryHook};
+use super::clone::{clone_into_cgroup, CloneError};
+use super::command::{AnyCommand, Kind};
+use super::{Containment, ProcessOptions, WaitStrategy};
+use crate::error::JobError;
 
 /// A started command, whoever started it.
 pub(super) enum Child {
@@ -46,10 +38,10 @@ pub(super) enum Child {
 
 /// A command [`clone_into_cgroup`] started.
 pub(super) struct Cloned {
-    pid: Pid,
-    pidfd: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    pub(super) pid: Pid,
+    pub(super) pidfd: Option<OwnedFd>,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
 }
 
 impl Child {
@@ -85,7 +77,7 @@ impl Child {
     }
 }
 
-fn reap(pid: Pid) -> io::Result<ExitStatus> {
+pub(super) fn reap(pid: Pid) -> io::Result<ExitStatus> {
     loop {
         match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
@@ -96,607 +88,92 @@ fn reap(pid: Pid) -> io::Result<ExitStatus> {
     }
 }
 
-/// Why [`clone_into_cgroup`] did not start the command.
-#[derive(Debug)]
-pub(super) enum CloneError {
-    /// The child could not enter the cgroup; nothing ran.
-    Enter(io::Error),
-    /// The command cannot start at all (not found, not executable, bad directory…).
-    Start(io::Error),
-    /// This kernel or this `Command` needs std's way; nothing ran.
-    Unsupported(String),
+/// How a command is started (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Clone,
+    StdWithHook,
+    Std,
 }
 
-/// Starts `cmd` in the cgroup whose directory is open as `cgroup`, in a process group
-/// of its own, stdin from `/dev/null`, stdout and stderr into pipes.
-pub(super) fn clone_into_cgroup(cmd: &Command, cgroup: Target<'_>) -> Result<Child, CloneError> {
-    let debug = format!("{cmd:#?}");
-    if let Some(setting) = std_only(cmd, &debug) {
-        return Err(CloneError::Unsupported(format!("the command sets {setting}")));
-    }
-    let plan = Plan::new(cmd, env_clear(&debug)).map_err(CloneError::Start)?;
-    plan.start(cgroup)
-}
-
-/// The first setting of `cmd` only std's spawn honours, read from its `Debug` form
-/// (`{:#?}`).
-fn std_only(cmd: &Command, debug: &str) -> Option<&'static str> {
-    // What std keeps of a string with a nul byte; its spawn then fails, as it should.
-    let mut strings = std::iter::once(cmd.get_program()).chain(cmd.get_args());
-    if strings.any(|s| s == "<string-with-nul>")
-        || cmd.get_current_dir().is_some_and(|dir| dir.as_os_str() == "<string-with-nul>")
-    {
-        return Some("a nul byte in its program, arguments or directory");
-    }
-    for (field, setting) in [("uid", "a uid"), ("gid", "a gid"), ("groups", "groups")] {
-        if debug.contains(&format!("\n    {field}: ")) {
-            return Some(setting);
-        }
-    }
-    let first_arg = format!("\n    args: [\n        {:?},\n", cmd.get_program());
-    if !debug.contains(&first_arg) {
-        return Some("arg0, or its Debug form is not the one this genbuild knows");
-    }
-    None
-}
-
-/// Whether a command's `Debug` form (`{:#?}`) says `env_clear` was called.
-fn env_clear(debug: &str) -> bool {
-    debug.contains("\n        clear: true,\n")
-}
-
-/// Everything the child needs, prepared by the parent: the child only reads it and
-/// makes system calls.
-struct Plan {
-    /// Where the program may be, tried in order as `execvp` tries them.
-    candidates: Vec<CString>,
-    /// Owners of what `argv` and `envp` point to.
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    cwd: Option<CString>,
-}
-
-impl Plan {
-    fn new(cmd: &Command, clear: bool) -> io::Result<Plan> {
-        let mut env: BTreeMap<OsString, OsString> =
-            if clear { BTreeMap::new() } else { std::env::vars_os().collect() };
-        for (key, value) in cmd.get_envs() {
-            match value {
-                Some(value) => env.insert(key.to_owned(), value.to_owned()),
-                None => env.remove(key),
-            };
-        }
-        let cwd = cmd.get_current_dir().map(|dir| c_string(dir.as_os_str().to_owned())).transpose()?;
-        let candidates = candidates(cmd.get_program(), env.get(OsStr::new("PATH")))
-            .into_iter()
-            .map(|path| c_string(path.into_os_string()))
-            .collect::<io::Result<_>>()?;
-        let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
-        let args: Vec<CString> = args.map(|a| c_string(a.to_owned())).collect::<io::Result<_>>()?;
-        let vars: Vec<CString> = env
-            .into_iter()
-            .map(|(mut key, value)| {
-                key.push("=");
-                key.push(value);
-                c_string(key)
-            })
-            .collect::<io::Result<_>>()?;
-        let pointers = |strings: &[CString]| {
-            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
-        };
-        let (argv, envp) = (pointers(&args), pointers(&vars));
-        Ok(Plan { candidates, _strings: args.into_iter().chain(vars).collect(), argv, envp, cwd })
-    }
-
-    fn start(&self, cgroup: Target<'_>) -> Result<Child, CloneError> {
-        let start = |e: rustix::io::Errno| CloneError::Start(e.into());
-        let null = rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(start)?;
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(start)?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(start)?;
-        // Sources above 0–2, so that no `dup2` in the child overwrites one still to copy.
-        let [null, out_w, err_w] = [null, out_w, err_w].map(above_stdio);
-        let (null, out_w, err_w) = (null.map_err(start)?, out_w.map_err(start)?, err_w.map_err(start)?);
-        let mut child = ChildData {
-            plan: self,
-            procs: -1,
-            stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-            // SAFETY: a plain C struct, filled before the child reads it.
-            mask: unsafe { std::mem::zeroed() },
-            alive: false,
-            failed: None,
-        };
-        let (pid, pidfd) = clone(&mut child, cgroup)?;
-        drop((null, out_w, err_w));
-        let failed = |e: CloneError| {
-            // The child has exited: reap it, nothing else of it exists.
-            let _ = reap(pid);
-            Err(e)
-        };
-        let started = |pidfd| {
-            Ok(Child::Cloned(Cloned { pid, pidfd: Some(pidfd), stdout: Some(out_r), stderr: Some(err_r) }))
-        };
-        match child.failed {
-            None if child.alive => started(pidfd),
-            None if killed_at_birth(&pidfd) => failed(CloneError::Unsupported(
-                "the child was killed as it was cloned into the cgroup".into(),
-            )),
-            // It ran, in a copy of our memory: valgrind makes CLONE_VM a fork. Whatever
-            // it does, its exit status will tell.
-            None => started(pidfd),
-            Some((step, errno)) => {
-                let e = io::Error::from_raw_os_error(errno);
-                let with = |what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
-                failed(match step {
-                    Step::Enter => CloneError::Enter(e),
-                    Step::Group => CloneError::Start(with("cannot make it a process group")),
-                    Step::Stdio => CloneError::Start(with("cannot give it its stdin, stdout and stderr")),
-                    Step::Cwd => CloneError::Start(with("cannot enter its working directory")),
-                    Step::Exec => CloneError::Start(e),
-                })
-            }
-        }
-    }
-}
-
-/// Whether the child that did not say it ran was killed before its first instruction
-/// (Linux 6.18 kills a child cloned into a cgroup that once got `cgroup.kill`): then it
-/// is dead of SIGKILL within moments.
-fn killed_at_birth(pidfd: &OwnedFd) -> bool {
-    use rustix::process::{waitid, WaitId, WaitIdOptions};
-    let deadline = super::deadline_after(Duration::from_millis(20));
-    if !matches!(super::poll::readable_until(pidfd.as_fd(), deadline), Ok(true)) {
-        return false;
-    }
-    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-    let status = waitid(WaitId::PidFd(pidfd.as_fd()), options).ok().flatten();
-    status.is_some_and(|s| s.terminating_signal() == Some(libc::SIGKILL))
-}
-
-fn c_string(s: OsString) -> io::Result<CString> {
-    CString::new(s.into_vec())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"))
-}
-
-/// `fd`, or a copy of it numbered 3 or more if it is stdin, stdout or stderr.
-fn above_stdio(fd: OwnedFd) -> rustix::io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    rustix::io::fcntl_dupfd_cloexec(&fd, 3)
-}
-
-/// Where `program` may be: itself if it names a path, else that name in each directory
-/// of `path` (the command's own `PATH`; `/bin:/usr/bin` without one), an empty entry
-/// being the working directory.
-fn candidates(program: &OsStr, path: Option<&OsString>) -> Vec<PathBuf> {
-    if program.as_bytes().contains(&b'/') {
-        return vec![program.into()];
-    }
-    let path = path.map_or(OsStr::new("/bin:/usr/bin"), OsString::as_os_str);
-    let dirs = path.as_bytes().split(|&b| b == b':');
-    dirs.map(|dir| {
-        if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) }.join(program)
-    })
-    .collect()
-}
-
-/// The steps of the child, for what it reports when one fails.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Enter,
-    Group,
-    Stdio,
-    Cwd,
-    Exec,
-}
-
-/// What the child reads, and where it writes that it ran and which step failed: the
-/// parent's memory, which the child shares until it calls `execve` or exits.
-struct ChildData<'p> {
-    plan: &'p Plan,
-    /// `cgroup.procs` to write "0" to, or -1 when the child is born in its cgroup.
-    procs: libc::c_int,
-    stdio: [libc::c_int; 3],
-    /// The starting thread's signal mask, for the command (std's spawn keeps it too).
-    mask: libc::sigset_t,
-    alive: bool,
-    failed: Option<(Step, i32)>,
-}
-
-/// Where the child is to go.
-#[derive(Clone, Copy)]
-pub(super) struct Target<'c> {
-    /// The cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`.
-    pub(super) dir: BorrowedFd<'c>,
-    /// Its `cgroup.procs`, for a child that enters after the clone.
-    pub(super) procs: BorrowedFd<'c>,
-}
-
-/// `struct clone_args` of `clone3(2)`, up to `cgroup` (Linux 5.7).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-const STACK: usize = 64 << 10;
-
-/// Clones the child as glibc's `posix_spawn` does (`CLONE_VM | CLONE_VFORK`: it runs
-/// [`child_main`] on a stack of its own in our memory while this thread waits until it
-/// called `execve` or exited; nothing is copied), with a pidfd, all signals blocked in
-/// this thread meanwhile so that none is handled in the child before it reset its
-/// handlers.
-///
-/// On x86-64 the child is born in its cgroup (`clone3` with `CLONE_INTO_CGROUP`);
-/// elsewhere, or on a kernel without it, it enters by writing to `cgroup.procs`, a
-/// migration that costs up to an RCU grace period after a quiet spell.
-fn clone(child: &mut ChildData<'_>, target: Target<'_>) -> Result<(Pid, OwnedFd), CloneError> {
-    let stack = Stack::take().map_err(|e| CloneError::Start(e.into()))?;
-    // SAFETY: the stack is this clone's alone until it is given back, after the child
-    // left it (it called execve or exited).
-    let result = unsafe { clone_on(child, target, stack.bottom, STACK) };
-    stack.give_back();
-    result
-}
-
-/// A child's stack: [`STACK`] bytes above a guard page, mapped once and kept for the
-/// next clone (mapping and unmapping one per command took the address space's lock
-/// each time, while the child, sharing it, needed it too).
-struct Stack {
-    bottom: *mut u8,
-}
-
-// SAFETY: a stack is handed from thread to thread whole, never shared.
-unsafe impl Send for Stack {}
-
-static STACKS: parking_lot::Mutex<Vec<Stack>> = parking_lot::Mutex::new(Vec::new());
-
-impl Stack {
-    fn take() -> rustix::io::Result<Stack> {
-        if let Some(stack) = STACKS.lock().pop() {
-            return Ok(stack);
-        }
-        let page = page_size();
-        // SAFETY: a fresh private mapping, never unmapped: it is kept for the next clone.
-        unsafe {
-            let map = rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                STACK + page,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )?;
-            if let Err(e) = rustix::mm::mprotect(map, page, rustix::mm::MprotectFlags::empty()) {
-                let _ = rustix::mm::munmap(map, STACK + page);
-                return Err(e);
-            }
-            Ok(Stack { bottom: map.cast::<u8>().add(page) })
-        }
-    }
-
-    /// Kept for the next clone; one per thread that clones at once, at most.
-    fn give_back(self) {
-        STACKS.lock().push(self);
-    }
-}
-
-/// # Safety
-/// `stack` is `size` writable bytes nothing else uses, 16-byte aligned at its top.
-unsafe fn clone_on(
-    child: &mut ChildData<'_>,
-    target: Target<'_>,
-    stack: *mut u8,
-    size: usize,
-) -> Result<(Pid, OwnedFd), CloneError> {
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut child.mask);
-    let mut pidfd: libc::c_int = -1;
-    #[cfg(test)]
-    let mut pid = match clone_tests::WITHOUT_CLONE3.with(std::cell::Cell::get) {
-        true => {
-            *libc::__errno_location() = libc::ENOSYS;
-            -1
-        }
-        false => clone3_into_cgroup(child, target.dir, stack, size, &mut pidfd),
+/// Starts `cmd` in `cgroup` if there is one, in a process group of its own, stdin
+/// closed, stdout and stderr piped; returns the cgroup it runs in (none if `Auto` had
+/// to start it without).
+pub(super) fn start(
+    cmd: AnyCommand,
+    cgroup: Option<Cgroup>,
+    options: &ProcessOptions,
+    description: &str,
+) -> Result<(Child, Option<Cgroup>), JobError> {
+    let cannot_start = |e: io::Error| JobError::Failed(format!("cannot start `{description}`: {e}"));
+    let way = match (&cmd.0, &cgroup, options.wait) {
+        (_, None, _) => Way::Std,
+        (Kind::Genbuild(_), Some(_), WaitStrategy::Pidfd) => Way::Clone,
+        (_, Some(_), _) => Way::StdWithHook,
     };
-    #[cfg(not(test))]
-    let mut pid = clone3_into_cgroup(child, target.dir, stack, size, &mut pidfd);
-    let mut errno = io::Error::last_os_error();
-    if pid < 0
-        && matches!(errno.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM))
-    {
-        // Before Linux 5.7 (or a seccomp filter refusing clone3): enter after the clone.
-        child.procs = target.procs.as_raw_fd();
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-        let data = (child as *mut ChildData<'_>).cast();
-        pid = libc::clone(child_entry, stack.add(size).cast(), flags, data, &mut pidfd as *mut libc::c_int)
-            as i64;
-        errno = io::Error::last_os_error();
-    }
-    libc::pthread_sigmask(libc::SIG_SETMASK, &child.mask, std::ptr::null_mut());
-    match Pid::from_raw(pid as i32) {
-        Some(pid) => Ok((pid, OwnedFd::from_raw_fd(pidfd))),
-        // CLONE_PIDFD is Linux 5.2; a seccomp filter may refuse clone's flags.
-        None if matches!(errno.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {
-            Err(CloneError::Unsupported(format!("clone(CLONE_VFORK | CLONE_PIDFD) failed: {errno}")))
-        }
-        None if matches!(errno.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
-            Err(CloneError::Start(errno))
-        }
-        // The cgroup refused the child (removed, or in a state that takes no process).
-        None => Err(CloneError::Enter(errno)),
-    }
-}
-
-/// `clone3` with `CLONE_INTO_CGROUP` and the flags of [`clone`]; the child's first
-/// instructions, on its new stack, are the few below (`clone3` has no libc wrapper to
-/// run them). Returns the pid, or -1 with errno set.
-///
-/// # Safety
-/// As [`clone_on`]; `child` and what it points to outlive the child's use of them
-/// (this thread is suspended until then).
-#[cfg(target_arch = "x86_64")]
-unsafe fn clone3_into_cgroup(
-    child: &mut ChildData<'_>,
-    cgroup: BorrowedFd<'_>,
-    stack: *mut u8,
-    size: usize,
-    pidfd: &mut libc::c_int,
-) -> i64 {
-    let args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP,
-        pidfd: pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: stack as u64,
-        stack_size: size as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
+    let (Way::Clone | Way::StdWithHook, Some(group)) = (way, cgroup) else {
+        log::debug!("`{description}`: contained by its process tree");
+        return std_spawn(into_std(cmd), None).map(|child| (child, None)).map_err(cannot_start);
     };
-    let ret: i64;
-    // The child starts at the instruction after `syscall` with rax 0 and the stack
-    // pointer at the top of its stack (aligned, as the call needs), and never comes
-    // back: child_entry ends in execve or _exit. This thread does not touch the stack.
-    std::arch::asm!(
-        "syscall",
-        "test rax, rax",
-        "jnz 2f",
-        "xor ebp, ebp",
-        "mov rdi, r13",
-        "call r12",
-        "ud2",
-        "2:",
-        inlateout("rax") libc::SYS_clone3 => ret,
-        in("rdi") &args as *const CloneArgs,
-        in("rsi") size_of::<CloneArgs>(),
-        in("r12") child_entry as extern "C" fn(*mut libc::c_void) -> libc::c_int,
-        in("r13") child as *mut ChildData<'_>,
-        lateout("rcx") _,
-        lateout("r11") _,
-        options(nostack),
-    );
-    if ret < 0 {
-        *libc::__errno_location() = -ret as i32;
-        return -1;
-    }
-    ret
-}
-
-/// Elsewhere the asm above is not written: as a kernel without `clone3`.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_into_cgroup(
-    _: &mut ChildData<'_>,
-    _: BorrowedFd<'_>,
-    _: *mut u8,
-    _: usize,
-    _: &mut libc::c_int,
-) -> i64 {
-    *libc::__errno_location() = libc::ENOSYS;
-    -1
-}
-
-/// Not rustix's page_size: it reads the auxiliary vector, which valgrind fakes.
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// The child, between the clone and `execve`: system calls only, no allocation, no
-/// lock.
-extern "C" fn child_entry(data: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `data` is the parent's `ChildData`, alive and untouched while the parent
-    // is suspended; every call below is async-signal-safe.
-    unsafe {
-        let data = &mut *data.cast::<ChildData<'_>>();
-        data.alive = true;
-        let fail = |data: &mut ChildData<'_>, step| -> ! {
-            data.failed = Some((step, *libc::__errno_location()));
-            libc::_exit(127)
-        };
-        if data.procs >= 0 && libc::write(data.procs, b"0".as_ptr().cast(), 1) != 1 {
-            fail(data, Step::Enter);
-        }
-        if libc::setpgid(0, 0) != 0 {
-            fail(data, Step::Group);
-        }
-        for (target, source) in data.stdio.into_iter().enumerate() {
-            if libc::dup2(source, target as libc::c_int) < 0 {
-                fail(data, Step::Stdio);
+    let auto = options.containment == Containment::Auto;
+    let mut cmd = match (way, cmd.0) {
+        (Way::Clone, Kind::Genbuild(genbuild)) => match clone_into_cgroup(&genbuild, group.target()) {
+            Ok(child) => return Ok(contained(child, group, description)),
+            Err(CloneError::Start(e)) => return Err(cannot_start(e)),
+            Err(CloneError::Enter(e)) if auto => {
+                log::debug!("`{description}` could not enter cgroup {} ({e}); starting it without", group.dir().display());
+                drop(group);
+                return std_spawn(genbuild.to_std(), None).map(|child| (child, None)).map_err(cannot_start);
             }
-        }
-        default_signals(&data.mask);
-        let plan = data.plan;
-        if let Some(cwd) = &plan.cwd {
-            if libc::chdir(cwd.as_ptr()) != 0 {
-                fail(data, Step::Cwd);
+            Err(CloneError::Enter(e)) => return Err(cannot_start(e)),
+            Err(CloneError::Unsupported(why)) => {
+                log::debug!("`{description}`: started by std's fork ({why})");
+                genbuild.to_std()
             }
+        },
+        (_, kind) => into_std(AnyCommand(kind)),
+    };
+    let hook = group.entry_hook().map_err(|e| {
+        JobError::Failed(format!("cannot start `{description}`: cannot open its cgroup's cgroup.procs: {e}"))
+    })?;
+    match std_spawn_ref(&mut cmd, Some(hook.clone())) {
+        Ok(child) => Ok(contained(child, group, description)),
+        Err(e) if auto => {
+            log::debug!("`{description}` could not start inside cgroup {} ({e}); trying without", group.dir().display());
+            hook.disable();
+            drop(group);
+            std_spawn_ref(&mut cmd, None).map(|child| (child, None)).map_err(cannot_start)
         }
-        // As `execvp`: on to the next candidate past one that is not there or not
-        // executable; EACCES is what is reported if no candidate runs.
-        let mut denied = false;
-        for path in &plan.candidates {
-            libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-            match *libc::__errno_location() {
-                libc::EACCES => denied = true,
-                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
-                _ => fail(data, Step::Exec),
-            }
-        }
-        if denied {
-            *libc::__errno_location() = libc::EACCES;
-        }
-        fail(data, Step::Exec)
+        Err(e) => Err(cannot_start(e)),
     }
 }
 
-/// The child's signals as std sets them for its children: handlers back to the default
-/// (ignored signals stay ignored, except SIGPIPE, which Rust programs ignore), and the
-/// mask of the thread that started it.
-///
-/// # Safety
-/// Only in the child, before `execve`.
-unsafe fn default_signals(mask: &libc::sigset_t) {
-    let mut default: libc::sigaction = std::mem::zeroed();
-    default.sa_sigaction = libc::SIG_DFL;
-    for signal in 1..=64 {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
-            && current.sa_sigaction != libc::SIG_DFL
-            && (current.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE)
-        {
-            libc::sigaction(signal, &default, std::ptr::null_mut());
-        }
-    }
-    libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+/// The child in `group`, logged; with its cgroup.
+fn contained(child: Child, group: Cgroup, description: &str) -> (Child, Option<Cgroup>) {
+    log::debug!("`{description}`: pid {} contained by cgroup {}", child.pid(), group.dir().display());
+    (child, Some(group))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::process::CommandExt;
-
-    /// std prints a `Command` this way today; should that change, the settings below
-    /// must still be seen, or such commands would silently lose them.
-    #[test]
-    fn settings_only_std_honours_are_seen() {
-        let plain = || {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", "echo \"a b\""]).env("A", "1").env_remove("B").current_dir("/tmp");
-            cmd
-        };
-        let seen = |cmd: &mut Command| std_only(cmd, &format!("{cmd:#?}"));
-        assert_eq!(seen(&mut plain()), None);
-        assert!(!env_clear(&format!("{:#?}", plain())));
-        assert_eq!(seen(plain().uid(0)), Some("a uid"));
-        assert_eq!(seen(plain().gid(0)), Some("a gid"));
-        assert!(seen(plain().arg0("other")).is_some_and(|s| s.starts_with("arg0")));
-        assert!(env_clear(&format!("{:#?}", plain().env_clear())));
-        assert_eq!(seen(plain().env_clear()), None);
-        assert!(seen(plain().arg("a\0b")).is_some_and(|s| s.contains("nul byte")));
-        assert!(seen(plain().current_dir("a\0b")).is_some_and(|s| s.contains("nul byte")));
-    }
-
-    #[test]
-    fn programs_are_looked_for_as_execvp_looks_for_them() {
-        let path = |s: &str| Some(OsString::from(s));
-        assert_eq!(
-            candidates(OsStr::new("tool"), path("/a::b").as_ref()),
-            [Path::new("/a/tool"), Path::new("./tool"), Path::new("b/tool")]
-        );
-        assert_eq!(candidates(OsStr::new("sh"), None), [Path::new("/bin/sh"), Path::new("/usr/bin/sh")]);
-        assert_eq!(candidates(OsStr::new("./x"), path("/a").as_ref()), [Path::new("./x")]);
+fn into_std(cmd: AnyCommand) -> std::process::Command {
+    match cmd.0 {
+        Kind::Genbuild(cmd) => cmd.to_std(),
+        Kind::Std(cmd) => cmd,
     }
 }
 
-#[cfg(test)]
-pub(super) mod clone_tests {
-    use super::*;
-    use crate::process::cgroup::{auto_parent, Cgroup};
-    use std::io::Read;
+fn std_spawn(mut cmd: std::process::Command, hook: Option<Arc<EntryHook>>) -> io::Result<Child> {
+    std_spawn_ref(&mut cmd, hook)
+}
 
-    thread_local! {
-        /// Set: clones on this thread behave as on a kernel without `clone3` (before
-        /// Linux 5.3) or an architecture without the asm: the child enters its cgroup
-        /// by writing to `cgroup.procs`.
-        pub(in crate::process) static WITHOUT_CLONE3: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// std's spawn of `cmd` with the protocol's stdio and process group, entering the
+/// cgroup of `hook` before `exec` if there is one.
+fn std_spawn_ref(cmd: &mut std::process::Command, hook: Option<Arc<EntryHook>>) -> io::Result<Child> {
+    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(hook) = hook {
+        // SAFETY: the hook makes one atomic load and one write(2) on an fd it owns
+        // (open as long as the hook, which the Command holds): async-signal-safe, no
+        // allocation, no lock.
+        unsafe { cmd.pre_exec(move || hook.enter()) };
     }
-
-    /// A fresh cgroup under this process's own; `None`, and why, where there is none.
-    fn fresh_cgroup() -> Option<Cgroup> {
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no writable cgroup v2 here");
-            return None;
-        };
-        Cgroup::create(parent).map_err(|e| eprintln!("skipped: cannot create a cgroup ({e})")).ok()
-    }
-
-    /// `cmd` started by [`clone_into_cgroup`] in `cgroup`: its stdout and status.
-    fn run_in(cgroup: &Cgroup, cmd: &Command) -> Result<(String, ExitStatus), CloneError> {
-        let mut child = clone_into_cgroup(cmd, cgroup.target())?;
-        let [stdout, _] = child.take_output();
-        let mut out = String::new();
-        std::fs::File::from(stdout.unwrap()).read_to_string(&mut out).unwrap();
-        let status = child.wait().unwrap();
-        Ok((out, status))
-    }
-
-    /// Born in the cgroup by `clone3`, or entering it after glibc's `clone`: either way
-    /// the command runs in it, with this thread's signal mask, and an exec that fails
-    /// is reported as std reports it.
-    #[test]
-    fn the_child_starts_in_its_cgroup_with_the_threads_signal_mask_either_way() {
-        for without_clone3 in [false, true] {
-            WITHOUT_CLONE3.with(|w| w.set(without_clone3));
-            let Some(cgroup) = fresh_cgroup() else { return };
-            let (out, status) = run_in(&cgroup, Command::new("cat").arg("/proc/self/status")).unwrap();
-            assert!(status.success());
-            assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
-            let (out, _) = run_in(&cgroup, Command::new("cat").arg("/proc/self/cgroup")).unwrap();
-            let name = cgroup.dir().file_name().unwrap().to_string_lossy().into_owned();
-            assert!(out.lines().any(|l| l.starts_with("0::") && l.ends_with(&name)), "{out}");
-            let missing = run_in(&cgroup, &Command::new("/nonexistent/program"));
-            assert!(
-                matches!(&missing, Err(CloneError::Start(e)) if e.kind() == io::ErrorKind::NotFound),
-                "{missing:?}"
-            );
-            WITHOUT_CLONE3.with(|w| w.set(false));
-            cgroup.remove().unwrap();
-        }
-    }
-
-    /// Linux 6.18 kills a child cloned into a cgroup that once got `cgroup.kill` before
-    /// its first instruction: that is reported as a reason to start the command the std
-    /// way (which enters by writing to `cgroup.procs`, where nothing is killed), not as
-    /// the command's failure; elsewhere the command simply runs.
-    #[test]
-    fn a_child_killed_as_it_is_born_sends_the_command_the_std_way() {
-        let Some(cgroup) = fresh_cgroup() else { return };
-        cgroup.kill().unwrap();
-        match run_in(&cgroup, Command::new("echo").arg("ran")) {
-            Ok((out, status)) => {
-                eprintln!("this kernel lets a child be born in a cgroup once killed");
-                assert!(status.success() && out == "ran\n", "{status:?} {out:?}");
-            }
-            Err(CloneError::Unsupported(why)) => assert!(why.contains("killed as it was cloned"), "{why}"),
-            Err(e) => panic!("{e:?}"),
-        }
-        assert!(!cgroup.reusable(), "a cgroup that got cgroup.kill is not kept");
-        cgroup.remove().unwrap();
-    }
+    cmd.spawn().map(Child::Std)
 }

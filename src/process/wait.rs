@@ -133,13 +133,12 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
             let status = child.wait();
             log::warn!("`{description}` (pid {pid:?}) finally ended: {status:?}");
         }
-        // Ends once the cgroup is empty, or at once if it cannot be killed.
+        // Ends once the cgroup is empty: never before, whatever it takes.
         if let Some(cgroup) = cgroup {
+            let mut rounds = 0u64;
             loop {
                 if let Err(e) = cgroup.kill() {
-                    log::warn!("cannot kill the cgroup of `{description}` ({e}); left in place");
-                    cgroup.leave();
-                    break;
+                    log::warn!("cannot kill the cgroup of `{description}` ({e}); trying again");
                 }
                 if cgroup.wait_empty(REAPER_ROUND) {
                     if let Err(e) = cgroup.remove() {
@@ -147,7 +146,12 @@ pub(super) fn hand_off(child: Option<Child>, cgroup: Option<Cgroup>, description
                     }
                     break;
                 }
-                // Still there after SIGKILL (uninterruptible sleep): kill again, wait again.
+                rounds += 1;
+                log::warn!(
+                    "the cgroup of `{description}` ({}) still holds processes after {rounds} rounds of SIGKILL \
+                     (uninterruptible sleep?); killing it again",
+                    cgroup.dir().display()
+                );
             }
         }
     });

@@ -1,18 +1,28 @@
 //! A cgroup v2 of its own for every command: the kernel's containment, which no
 //! `setsid`, double fork or re-parenting escapes.
 //!
-//! The cgroup is created before the spawn and entered by the child itself, between
-//! `clone` and `exec` ([`super::spawn`]; it writes "0" to a `cgroup.procs` opened
-//! beforehand), so not even the command's first instruction runs outside it. Killing
-//! writes "1" to `cgroup.kill` (Linux ≥ 5.14), or, on older kernels, freezes the cgroup
-//! (`cgroup.freeze`, Linux ≥ 5.2), SIGKILLs every pid listed in it and thaws it.
-//! Kernels 4.5 to 5.1 have cgroup v2 but neither file: a cgroup there cannot kill a
-//! `setsid` daemon, so it is not used (under [`Containment::Auto`], such commands are
-//! contained by their process tree). The cgroup is empty when `cgroup.events` says
-//! `populated 0` (awaited with `poll`, which the kernel wakes on every change of that
-//! file); then it is removed, or kept empty for the next command ([`CgroupSlot`]). A
-//! cgroup that could not be set up completely is removed on the spot: nothing is left
-//! behind by a failure half-way.
+//! The cgroup is created before the spawn, and the child is born in it or enters it
+//! before `exec` ([`super::spawn`]), so not even the command's first instruction runs
+//! outside it. Killing writes "1" to `cgroup.kill` (Linux ≥ 5.14), or, on older
+//! kernels, freezes the cgroup (`cgroup.freeze`, Linux ≥ 5.2), SIGKILLs every pid
+//! listed in it and thaws it. Kernels 4.5 to 5.1 have cgroup v2 but neither file: a
+//! cgroup there cannot kill a `setsid` daemon, so it is not used (under
+//! [`Containment::Auto`], such commands are contained by their process tree). The
+//! cgroup is empty when `cgroup.events` says `populated 0` (awaited with `poll`, which
+//! the kernel wakes on every change of that file); then it is removed, or kept empty
+//! for the next command ([`CgroupSlot`]). A cgroup that could not be set up completely
+//! is removed on the spot: nothing is left behind by a failure half-way.
+//!
+//! **Every file the kill needs is opened when the cgroup is created** (the kill file,
+//! `cgroup.procs` for reading, `cgroup.events`), numbered 3 or more: a process at its
+//! limit of open files (a busy agent may be) still kills, lists and awaits its
+//! commands' cgroups. A read that fails is never taken for an empty list, and a cgroup
+//! is never given up while a process lives in it.
+//!
+//! **Ownership** is a shared `flock` on the cgroup's directory, held as long as the
+//! cgroup is (its directory fd is kept open): the sweep of cgroups left by processes
+//! that are gone ([`slot`]) removes only those nobody holds, which works across pid
+//! namespaces (a container sharing the cgroup tree sees other pids than the host).
 //!
 //! [`Containment::Auto`] uses a child of this process's own cgroup, found from
 //! `/proc/self/mountinfo` (where cgroup2 is mounted: `/sys/fs/cgroup` on unified hosts,
@@ -20,15 +30,17 @@
 //! never from a fixed path.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::process::Pid;
 
+use super::fds::above_stdio;
 use super::poll::{poll_until, Polled};
 use super::{deadline_after, Containment};
 
@@ -43,41 +55,60 @@ const KILL_ROUND: Duration = Duration::from_millis(100);
 /// A command's own cgroup, from its creation to its removal.
 pub(super) struct Cgroup {
     dir: PathBuf,
-    /// Its `cgroup.procs`, for the children to enter by.
-    procs: OwnedFd,
-    /// Its `cgroup.events`, for `populated`.
-    events: OwnedFd,
-    /// Its directory, to clone children into.
-    dir_fd: OwnedFd,
-    /// Its `cgroup.stat`, for `nr_descendants`.
-    stat: OwnedFd,
+    /// Its open files; taken only by the drop that hands it to a reaper.
+    files: Option<Files>,
     /// Once `cgroup.kill` was written: Linux 6.18 kills children cloned into it.
     killed: AtomicBool,
-    entry: Entry,
     /// Removed, or deliberately left in place: nothing for the drop to do.
     removed: bool,
 }
 
-/// What a child started by std (commands [`super::spawn`] leaves to std) runs between
-/// `fork` and `exec` to enter the cgroup: a `write(2)` of "0" to the `cgroup.procs`
-/// opened by the parent. Disabled (fd -1) for a retry outside any cgroup.
-#[derive(Clone)]
-pub(super) struct Entry(Arc<AtomicI32>);
+/// The files of a cgroup, open from its creation to its removal.
+struct Files {
+    /// Its directory: children are cloned into it, and its shared `flock` marks the
+    /// cgroup as owned.
+    dir_fd: OwnedFd,
+    /// Its `cgroup.procs`, for writing: children enter by it.
+    procs: OwnedFd,
+    /// Its `cgroup.procs`, for reading: the processes in it.
+    procs_read: OwnedFd,
+    /// Its `cgroup.events`, for `populated`.
+    events: OwnedFd,
+    /// Its `cgroup.stat`, for `nr_descendants`.
+    stat: OwnedFd,
+    /// What kills its processes.
+    killer: Killer,
+}
 
-impl Entry {
+/// The file that kills a cgroup's processes, open from its creation.
+enum Killer {
+    /// `cgroup.kill` (Linux 5.14).
+    Kill(OwnedFd),
+    /// `cgroup.freeze` (Linux 5.2): freeze, SIGKILL every listed process, thaw.
+    Freeze(OwnedFd),
+}
+
+/// What a child started by std (see [`super::spawn`]) runs between `fork` and `exec` to
+/// enter the cgroup: a `write(2)` of "0" to its own copy of `cgroup.procs`, numbered 3
+/// or more (the child's stdio, set up before the hook runs, overwrites 0–2). The hook
+/// owns that fd: it is open as long as the hook is. Disabled for a retry outside any
+/// cgroup.
+pub(super) struct EntryHook {
+    procs: OwnedFd,
+    enabled: AtomicBool,
+}
+
+impl EntryHook {
     /// Async-signal-safe: one atomic load and one system call, no allocation.
     pub(super) fn enter(&self) -> io::Result<()> {
-        let fd = self.0.load(Ordering::Relaxed);
-        if fd < 0 {
+        if !self.enabled.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // SAFETY: the parent keeps the fd open until `spawn` has returned.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        rustix::io::write(fd, b"0").map(drop).map_err(io::Error::from)
+        rustix::io::write(&self.procs, b"0").map(drop).map_err(io::Error::from)
     }
 
     pub(super) fn disable(&self) {
-        self.0.store(-1, Ordering::Relaxed);
+        self.enabled.store(false, Ordering::Relaxed);
     }
 }
 
@@ -138,67 +169,87 @@ impl Cgroup {
         })
     }
 
-    /// A new child cgroup of `parent`, named after this process and a counter. An error
-    /// of kind `Unsupported` when the kernel gives it no way to kill all its processes.
+    /// A new child cgroup of `parent`, named after this process and a counter, owned
+    /// (locked) by it. An error of kind `Unsupported` when the kernel gives it no way to
+    /// kill all its processes.
     pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
         sweep_dead_owners(parent);
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut attempts = 0;
-        let dir = loop {
+        loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let dir = parent.join(format!("genbuild-{}-{n}", std::process::id()));
             match fs::create_dir(&dir) {
-                Ok(()) => break dir,
+                Ok(()) => {}
                 // Left by an earlier process with the same pid: not ours to remove.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => attempts += 1,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
+                    attempts += 1;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
-        };
-        let open = || -> io::Result<[OwnedFd; 4]> {
-            let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
-            let events = fs::File::open(dir.join("cgroup.events"))?;
-            let dir_fd = fs::File::open(&dir)?;
-            let stat = fs::File::open(dir.join("cgroup.stat"))?;
-            Ok([procs.into(), events.into(), dir_fd.into(), stat.into()])
-        };
-        let opened = open().and_then(|files| match can_kill(&dir) {
-            true => Ok(files),
-            false => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "cannot kill their processes: this kernel has neither cgroup.kill (Linux 5.14) \
-                 nor cgroup.freeze (Linux 5.2)",
-            )),
-        });
-        match opened {
-            Ok([procs, events, dir_fd, stat]) => {
-                let entry = Entry(Arc::new(AtomicI32::new(procs.as_raw_fd())));
-                let killed = AtomicBool::new(false);
-                Ok(Cgroup { dir, procs, events, dir_fd, stat, killed, entry, removed: false })
-            }
-            Err(e) => {
-                let _ = fs::remove_dir(&dir);
-                Err(e)
+            match Cgroup::open(dir.clone()) {
+                Ok(cgroup) => return Ok(cgroup),
+                // Swept by another process between its creation and its lock.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 100 => attempts += 1,
+                Err(e) => {
+                    let _ = fs::remove_dir(&dir);
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// The cgroup just created at `dir`, locked and with its files open.
+    fn open(dir: PathBuf) -> io::Result<Cgroup> {
+        let open = |path: &Path, flags: OFlags| -> io::Result<OwnedFd> {
+            let fd = rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())?;
+            Ok(above_stdio(fd)?)
+        };
+        let dir_fd = open(&dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        rustix::fs::flock(&dir_fd, FlockOperation::NonBlockingLockShared)?;
+        let procs = open(&dir.join("cgroup.procs"), OFlags::WRONLY)?;
+        let procs_read = open(&dir.join("cgroup.procs"), OFlags::RDONLY)?;
+        let events = open(&dir.join("cgroup.events"), OFlags::RDONLY)?;
+        let stat = open(&dir.join("cgroup.stat"), OFlags::RDONLY)?;
+        let killer = match open(&newer_file(&dir, "cgroup.kill"), OFlags::WRONLY) {
+            Ok(kill) => Killer::Kill(kill),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match open(&newer_file(&dir, "cgroup.freeze"), OFlags::WRONLY) {
+                    Ok(freeze) => Killer::Freeze(freeze),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && dir.exists() => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "cannot kill their processes: this kernel has neither cgroup.kill (Linux 5.14) \
+                             nor cgroup.freeze (Linux 5.2)",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let files = Files { dir_fd, procs, procs_read, events, stat, killer };
+        Ok(Cgroup { dir, files: Some(files), killed: AtomicBool::new(false), removed: false })
+    }
+
+    fn files(&self) -> &Files {
+        self.files.as_ref().expect("a cgroup's files are open until it is dropped")
     }
 
     pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The hook a child runs to enter this cgroup.
-    pub(super) fn entry(&self) -> Entry {
-        self.entry.clone()
+    /// The hook a child started by std runs to enter this cgroup, with an fd of its own.
+    pub(super) fn entry_hook(&self) -> io::Result<Arc<EntryHook>> {
+        let procs = rustix::io::fcntl_dupfd_cloexec(&self.files().procs, 3)?;
+        Ok(Arc::new(EntryHook { procs, enabled: AtomicBool::new(true) }))
     }
 
-    /// Where [`super::spawn`] starts a child in it.
-    pub(super) fn target(&self) -> super::spawn::Target<'_> {
-        super::spawn::Target { dir: self.dir_fd.as_fd(), procs: self.procs.as_fd() }
-    }
-
-    /// The child is in: the hook of a std spawn must not enter again.
-    pub(super) fn spawned(&mut self) {
-        self.entry.disable();
+    /// Where [`super::clone`] starts a child in it.
+    pub(super) fn target(&self) -> super::clone::Target<'_> {
+        super::clone::Target { dir: self.files().dir_fd.as_fd(), procs: self.files().procs.as_fd() }
     }
 
     /// Empty (the caller made sure), not frozen, no cgroup below it, and never killed
@@ -207,37 +258,41 @@ impl Cgroup {
         if self.killed.load(Ordering::Relaxed) {
             return false;
         }
-        let (events, stat) = (read_at_start(&self.events), read_at_start(&self.stat));
-        let (events, stat) = (events.unwrap_or_default(), stat.unwrap_or_default());
+        let (Ok(events), Ok(stat)) = (read_at_start(&self.files().events), read_at_start(&self.files().stat)) else {
+            return false;
+        };
         events.lines().any(|l| l == "populated 0")
             && !events.lines().any(|l| l == "frozen 1")
             && stat.lines().any(|l| l == "nr_descendants 0")
     }
 
     /// SIGKILL to every process in the cgroup and below; returns at once (see
-    /// [`wait_empty`](Cgroup::wait_empty)).
+    /// [`wait_empty`](Cgroup::wait_empty)). Opens no file.
     pub(super) fn kill(&self) -> io::Result<()> {
-        self.killed.store(true, Ordering::Relaxed);
-        match fs::OpenOptions::new().write(true).open(newer_file(&self.dir, "cgroup.kill")) {
-            Ok(mut kill) => kill.write_all(b"1"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.freeze_and_kill(),
-            Err(e) => Err(e),
+        match &self.files().killer {
+            Killer::Kill(kill) => {
+                self.killed.store(true, Ordering::Relaxed);
+                rustix::io::write(kill, b"1").map(drop).map_err(io::Error::from)
+            }
+            Killer::Freeze(freeze) => self.freeze_and_kill(freeze.as_fd()),
         }
     }
 
     /// Kernels before 5.14 have no `cgroup.kill`: a frozen cgroup cannot fork, so its
     /// list of pids is complete; SIGKILL reaches frozen tasks in cgroup v2.
-    pub(super) fn freeze_and_kill(&self) -> io::Result<()> {
-        let freeze = newer_file(&self.dir, "cgroup.freeze");
-        fs::write(&freeze, "1")?;
+    fn freeze_and_kill(&self, freeze: BorrowedFd<'_>) -> io::Result<()> {
+        rustix::io::write(freeze, b"1")?;
         self.wait_for("frozen 1", Duration::from_secs(1));
-        for pid in self.listed() {
+        let listed = self.listed();
+        for &pid in listed.as_deref().unwrap_or_default() {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
-        fs::write(&freeze, "0")
+        rustix::io::write(freeze, b"0")?;
+        listed.map(drop)
     }
 
-    /// Whether no process is left in the cgroup or below it.
+    /// Whether no process is left in the cgroup or below it. A cgroup whose
+    /// `cgroup.events` cannot be read is not known to be empty, unless it is gone.
     pub(super) fn is_empty(&self) -> bool {
         self.says("populated 0")
     }
@@ -249,29 +304,46 @@ impl Cgroup {
     /// its cgroup before its pidfd becomes readable): the wait ends as soon as either
     /// says so. `populated 0` is what counts: a listed pid recycled before its pidfd was
     /// opened names a stranger, whose pidfd is then simply never awaited to the end.
+    /// Without pidfds (none can be opened at the limit of open files) the events alone
+    /// end it.
     pub(super) fn wait_empty(&self, limit: Duration) -> bool {
         if self.is_empty() {
             return true;
         }
-        self.wait_empty_watching(&pidfds(&self.listed()), limit)
+        let listed = self.listed().unwrap_or_default();
+        self.wait_empty_watching(&pidfds(&listed), limit)
     }
 
     /// [`wait_empty`](Cgroup::wait_empty), if every process in the cgroup and below it
     /// belongs to the process group `group` (which got SIGKILL); `false` at once if one
-    /// does not.
+    /// does not, or if they cannot be listed.
     pub(super) fn wait_group_empty(&self, group: Pid, limit: Duration) -> bool {
         if self.is_empty() {
             return true;
         }
-        let listed = self.listed();
+        let listed = match self.listed() {
+            Ok(listed) => listed,
+            Err(e) => {
+                log::debug!("cannot list the processes of cgroup {} ({e})", self.dir.display());
+                return false;
+            }
+        };
         // Gone meanwhile: nothing left to wait for.
         let member = |pid: &Pid| rustix::process::getpgid(Some(*pid)).map_or(true, |g| g == group);
         listed.iter().all(member) && self.wait_empty_watching(&pidfds(&listed), limit)
     }
 
     /// The processes in the cgroup and below it.
-    fn listed(&self) -> Vec<Pid> {
-        pids_below(&self.dir).into_iter().filter_map(Pid::from_raw).collect()
+    fn listed(&self) -> io::Result<Vec<Pid>> {
+        let mut pids = parse_pids(&read_all(&self.files().procs_read)?);
+        // Cgroups a command running as root created below its own.
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pids.extend(pids_below(&entry.path())?);
+            }
+        }
+        Ok(pids.into_iter().filter_map(Pid::from_raw).collect())
     }
 
     /// Kills what is listed in the cgroup round after round until it is empty or `limit`
@@ -292,9 +364,7 @@ impl Cgroup {
                 return false;
             }
             if let Err(e) = self.kill() {
-                log::warn!("cannot kill cgroup {} again ({e})", self.dir.display());
-                let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-                return self.wait_empty(left);
+                log::warn!("cannot kill cgroup {} again ({e}); trying again", self.dir.display());
             }
         }
     }
@@ -309,7 +379,7 @@ impl Cgroup {
             if self.is_empty() {
                 return true;
             }
-            let mut fds = vec![PollFd::new(&self.events, PollFlags::PRI)];
+            let mut fds = vec![PollFd::new(&self.files().events, PollFlags::PRI)];
             fds.extend(waiting.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)));
             match poll_until(&mut fds, deadline) {
                 Ok(Polled::Ready) => {}
@@ -333,7 +403,7 @@ impl Cgroup {
             if self.says(line) {
                 return true;
             }
-            let mut fds = [PollFd::new(&self.events, PollFlags::PRI)];
+            let mut fds = [PollFd::new(&self.files().events, PollFlags::PRI)];
             match poll_until(&mut fds, deadline) {
                 Ok(Polled::Ready | Polled::Again) => {}
                 Ok(Polled::Passed) | Err(_) => return self.says(line),
@@ -341,12 +411,16 @@ impl Cgroup {
         }
     }
 
-    /// Whether `cgroup.events` holds `line` (read afresh, which also re-arms `poll`).
+    /// Whether `cgroup.events` holds `line` (read afresh, which also re-arms `poll`). A
+    /// cgroup that is gone is empty; one whose file cannot be read says nothing.
     fn says(&self, line: &str) -> bool {
-        match read_at_start(&self.events) {
-            Some(events) => events.lines().any(|l| l == line),
-            // Gone: nothing can be in it.
-            None => line.starts_with("populated"),
+        match read_at_start(&self.files().events) {
+            Ok(events) => events.lines().any(|l| l == line),
+            Err(e) if gone(&e) => line.starts_with("populated 0"),
+            Err(e) => {
+                log::warn!("cannot read {}/cgroup.events ({e})", self.dir.display());
+                false
+            }
         }
     }
 
@@ -356,27 +430,28 @@ impl Cgroup {
         self.removed = true;
         remove_tree(&self.dir)
     }
-
-    /// Gives up on the cgroup: it stays, with whatever is in it.
-    pub(super) fn leave(mut self) {
-        self.removed = true;
-    }
 }
 
 impl Drop for Cgroup {
     /// A cgroup abandoned half-way (the command could not start, or a panic) is killed,
-    /// awaited and removed all the same.
+    /// awaited and removed all the same; one still populated after that is handed to a
+    /// reaper thread, which never gives it up while a process lives in it.
     fn drop(&mut self) {
         if self.removed {
             return;
         }
         if !self.is_empty() {
             if let Err(e) = self.kill() {
-                log::warn!("cannot kill the processes of cgroup {} ({e}); left in place", self.dir.display());
-                return;
+                log::warn!("cannot kill the processes of cgroup {} ({e})", self.dir.display());
             }
             if !self.kill_until_empty(super::wait::REAP_LIMIT) {
-                log::warn!("cgroup {} is still populated after SIGKILL; left in place", self.dir.display());
+                let cgroup = Cgroup {
+                    dir: self.dir.clone(),
+                    files: self.files.take(),
+                    killed: AtomicBool::new(self.killed.load(Ordering::Relaxed)),
+                    removed: false,
+                };
+                super::wait::hand_off(None, Some(cgroup), "an abandoned command");
                 return;
             }
         }
@@ -386,12 +461,32 @@ impl Drop for Cgroup {
     }
 }
 
-/// What a small cgroup file holds now; `None` if it cannot be read (its cgroup is
-/// gone).
-fn read_at_start(file: &OwnedFd) -> Option<String> {
+/// Whether a cgroup file's error says the cgroup is gone.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT))
+}
+
+/// What a small cgroup file holds now.
+fn read_at_start(file: &OwnedFd) -> io::Result<String> {
     let mut buf = [0u8; 512];
-    let n = rustix::io::pread(file.as_fd(), &mut buf, 0).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    let n = rustix::io::pread(file, &mut buf, 0)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// All a cgroup file holds now, however long, read through an open fd.
+fn read_all(file: &OwnedFd) -> io::Result<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::pread(file, &mut buf, out.len() as u64)? {
+            0 => return Ok(String::from_utf8_lossy(&out).into_owned()),
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn parse_pids(list: &str) -> Vec<i32> {
+    list.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 /// Depth first: a process running as root may have created cgroups below its own.
@@ -416,13 +511,6 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether the kernel can kill every process of the cgroup `dir`: with `cgroup.kill`
-/// (Linux 5.14), or by freezing it (`cgroup.freeze`, Linux 5.2) and killing what it
-/// lists.
-fn can_kill(dir: &Path) -> bool {
-    ["cgroup.kill", "cgroup.freeze"].iter().any(|name| newer_file(dir, name).exists())
-}
-
 /// `dir`'s `name`, a file that older kernels lack; in unit tests, missing where the
 /// test pretends to run on Linux 4.5 to 5.1.
 fn newer_file(dir: &Path, name: &str) -> PathBuf {
@@ -441,18 +529,15 @@ fn pidfds(pids: &[Pid]) -> Vec<OwnedFd> {
 }
 
 /// Every pid in `dir`'s `cgroup.procs` and in those of the cgroups below it.
-fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            pids.extend(pids_below(&entry.path()));
+fn pids_below(dir: &Path) -> io::Result<Vec<i32>> {
+    let mut pids = parse_pids(&fs::read_to_string(dir.join("cgroup.procs"))?);
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            pids.extend(pids_below(&entry.path())?);
         }
     }
-    pids
+    Ok(pids)
 }
 
 /// This process's own cgroup v2 directory, when the hierarchy is mounted; looked up
@@ -517,7 +602,7 @@ fn unescape(field: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
@@ -527,28 +612,37 @@ mod tests {
         pub(super) static PRETEND_LINUX_5_1: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
-    /// `program args` started inside a fresh cgroup under this process's own; `None`,
-    /// and why, where there is none to create.
+    /// Where this process's commands get their cgroups. `None` where there is none: the
+    /// test is then skipped with the reason, except under `CI=true`, where it fails (CI
+    /// machines have a writable cgroup v2, and a test that cannot run must say so).
+    pub(in crate::process) fn require_parent() -> Option<&'static Path> {
+        let why = match auto_parent() {
+            Some(parent) => match Cgroup::create(parent).and_then(Cgroup::remove) {
+                Ok(()) => return Some(parent),
+                Err(e) => format!("cannot create a cgroup under {} ({e})", parent.display()),
+            },
+            None => "no cgroup v2 hierarchy of this process is mounted".to_string(),
+        };
+        assert!(std::env::var_os("CI").is_none_or(|ci| ci != "true"), "CI=true, but {why}: this test needs a writable cgroup v2");
+        eprintln!("skipped: {why}");
+        None
+    }
+
+    /// A fresh cgroup under this process's own (see [`require_parent`]).
+    pub(in crate::process) fn fresh_cgroup() -> Option<Cgroup> {
+        Some(Cgroup::create(require_parent()?).expect("a cgroup can be created"))
+    }
+
+    /// `program args` started by std inside a fresh cgroup (see [`require_parent`]).
     fn spawned_in_a_cgroup(program: &str, args: &[&str]) -> Option<(Cgroup, std::process::Child)> {
         use std::os::unix::process::CommandExt;
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no writable cgroup v2 here");
-            return None;
-        };
-        let mut cgroup = match Cgroup::create(parent) {
-            Ok(cgroup) => cgroup,
-            Err(e) => {
-                eprintln!("skipped: cannot create a cgroup under {} ({e})", parent.display());
-                return None;
-            }
-        };
-        let entry = cgroup.entry();
+        let cgroup = fresh_cgroup()?;
+        let hook = cgroup.entry_hook().unwrap();
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args);
+        cmd.args(args).process_group(0);
         // SAFETY: as in `super::super::spawn`.
-        unsafe { cmd.pre_exec(move || entry.enter()) };
+        unsafe { cmd.pre_exec(move || hook.enter()) };
         let child = cmd.spawn().unwrap();
-        cgroup.spawned();
         Some((cgroup, child))
     }
 
@@ -567,6 +661,35 @@ mod tests {
             .collect()
     }
 
+    /// Issue 21, item 2: a process at its limit of open files kills, lists and awaits a
+    /// cgroup all the same: every file that takes was opened with the cgroup.
+    #[test]
+    fn a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare() {
+        if !crate::process::tests::alone("process::cgroup::tests::a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare") {
+            return;
+        }
+        let script = "setsid sh -c 'trap \"\" TERM; sleep 300' </dev/null >/dev/null 2>&1 & exec sleep 301";
+        let Some((cgroup, mut child)) = spawned_in_a_cgroup("sh", &["-c", script]) else { return };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cgroup.listed().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", cgroup.listed());
+            std::thread::yield_now();
+        }
+        // Every descriptor this process may still open, taken.
+        let mut filler = Vec::new();
+        while let Ok(fd) = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            filler.push(fd);
+        }
+        let killed = cgroup.kill();
+        let emptied = cgroup.kill_until_empty(Duration::from_secs(20));
+        drop(filler);
+        let status = child.wait().unwrap();
+        killed.expect("cgroup.kill written with no fd to spare");
+        assert!(emptied, "the cgroup did not empty");
+        assert_eq!(status.signal(), Some(9));
+        cgroup.remove().unwrap();
+    }
+
     /// The cgroups of this process under `parent`.
     fn ours(parent: &Path) -> Vec<PathBuf> {
         let prefix = format!("genbuild-{}-", std::process::id());
@@ -583,12 +706,7 @@ mod tests {
     /// process tree, which kills the daemon, and no cgroup is left.
     #[test]
     fn without_cgroup_kill_or_freeze_auto_contains_the_command_by_its_process_tree() {
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no cgroup v2 here");
-            return;
-        };
-        if Cgroup::create(parent).map(Cgroup::remove).is_err() {
-            eprintln!("skipped: cannot create a cgroup under {}", parent.display());
+        if require_parent().is_none() {
             return;
         }
         PRETEND_LINUX_5_1.with(|p| p.set(true));
@@ -608,7 +726,7 @@ mod tests {
             cgroups: &CgroupSlot::default(),
         };
         let mut lines = Vec::new();
-        let result = super::super::run(cmd, &limits, &mut |_, line| {
+        let result = super::super::run(cmd.into(), &limits, &mut |_, line| {
             lines.push(line.to_string());
             if line == "started" {
                 // The daemon is started (`setsid` runs before `cat`) unless it is slow:
@@ -643,20 +761,13 @@ mod tests {
     /// reason and what to use instead; the half-made cgroup is removed.
     #[test]
     fn without_cgroup_kill_or_freeze_an_explicit_cgroup_is_refused() {
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no cgroup v2 here");
-            return;
-        };
+        let Some(parent) = require_parent() else { return };
         PRETEND_LINUX_5_1.with(|p| p.set(true));
         let explicit =
             Cgroup::for_command(&Containment::Cgroup(parent.to_path_buf()), &CgroupSlot::default())
                 .map(|c| c.is_some());
         let auto = Cgroup::for_command(&Containment::Auto, &CgroupSlot::default()).map(|c| c.is_some());
         PRETEND_LINUX_5_1.with(|p| p.set(false));
-        if explicit.as_ref().is_err_and(|e| !e.contains("cgroup.kill")) {
-            eprintln!("skipped: cannot create a cgroup under {}: {explicit:?}", parent.display());
-            return;
-        }
         let message = explicit.unwrap_err();
         for words in ["cgroup.kill (Linux 5.14)", "cgroup.freeze (Linux 5.2)", "Containment::ProcessTree"] {
             assert!(message.contains(words), "{message}");
@@ -727,12 +838,13 @@ mod tests {
         let script = "setsid sh -c 'sleep 300 & exit 0' </dev/null >/dev/null 2>&1; exec sleep 300";
         let Some((cgroup, mut child)) = spawned_in_a_cgroup("sh", &["-c", script]) else { return };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while pids_below(cgroup.dir()).len() < 2 {
-            assert!(std::time::Instant::now() < deadline, "{:?}", pids_below(cgroup.dir()));
+        while cgroup.listed().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", cgroup.listed());
             std::thread::yield_now();
         }
         assert!(!cgroup.is_empty());
-        cgroup.freeze_and_kill().unwrap();
+        let freeze = rustix::fs::open(cgroup.dir().join("cgroup.freeze"), OFlags::WRONLY, Mode::empty()).unwrap();
+        cgroup.freeze_and_kill(freeze.as_fd()).unwrap();
         assert!(cgroup.wait_empty(Duration::from_secs(10)));
         assert_eq!(child.wait().unwrap().signal(), Some(9));
         let dir = cgroup.dir().to_path_buf();

@@ -4,12 +4,10 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicI32;
-use std::sync::Arc;
 
-use rustix::fd::AsRawFd;
+use rustix::fs::{FlockOperation, Mode, OFlags};
 
-use super::{Cgroup, Entry};
+use super::Cgroup;
 
 /// One empty cgroup kept from a command for the next, so that a builder's commands do
 /// not each pay for a cgroup's creation and removal (a `mkdir`, a `rmdir` and the
@@ -41,13 +39,11 @@ impl CgroupSlot {
         }
         let mut cgroup = kept.take()?;
         drop(kept);
-        // Another process (sharing the parent from another pid namespace) may have
-        // taken it for a dead owner's and removed it.
+        // Removed by someone else than a sweep (which leaves a locked cgroup alone).
         if !cgroup.dir.exists() {
             cgroup.removed = true;
             return None;
         }
-        cgroup.entry = Entry(Arc::new(AtomicI32::new(cgroup.procs.as_raw_fd())));
         Some(cgroup)
     }
 
@@ -84,7 +80,10 @@ impl Drop for CgroupSlot {
 
 /// Removes the empty cgroups left under `parent` by processes no longer running (one
 /// kept in a [`CgroupSlot`] by a program that exited without dropping its builder);
-/// once per parent and process. One that is not empty is left alone.
+/// once per parent and process. A cgroup is a dead process's when nobody holds the
+/// `flock` its owner holds as long as it lives ([`Cgroup`]): no pid is compared, so
+/// processes in other pid namespaces sharing the cgroup tree are judged right. One
+/// that is not empty is left alone.
 pub(super) fn sweep_dead_owners(parent: &Path) {
     static SWEPT: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
     {
@@ -98,59 +97,93 @@ pub(super) fn sweep_dead_owners(parent: &Path) {
 }
 
 fn remove_dead_owners(parent: &Path) {
-    let own = std::process::id();
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(owner) = dead_owner(&name.to_string_lossy(), own) else { continue };
-        if fs::remove_dir(entry.path()).is_ok() {
-            log::debug!("removed cgroup {} of process {owner}, which is gone", entry.path().display());
+        if !is_ours(&name.to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        match owner_gone(&path) {
+            Ok(true) => match fs::remove_dir(&path) {
+                Ok(()) => log::debug!("removed cgroup {}, whose owner is gone", path.display()),
+                Err(e) => log::debug!("cgroup {} of an owner that is gone stays ({e})", path.display()),
+            },
+            Ok(false) => {}
+            Err(e) => log::debug!("cannot tell whether cgroup {} is owned ({e})", path.display()),
         }
     }
 }
 
-/// The pid in a cgroup name genbuild gives (`genbuild-PID-N`), if that process is not
-/// this one and no longer runs.
-fn dead_owner(name: &str, own: u32) -> Option<u32> {
-    let (pid, n) = name.strip_prefix("genbuild-")?.split_once('-')?;
-    let pid: u32 = pid.parse().ok()?;
-    n.parse::<u64>().ok()?;
-    (pid != own && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+/// Whether `name` is one genbuild gives its cgroups (`genbuild-PID-N`).
+fn is_ours(name: &str) -> bool {
+    let Some((pid, n)) = name.strip_prefix("genbuild-").and_then(|rest| rest.split_once('-')) else {
+        return false;
+    };
+    pid.parse::<u32>().is_ok() && n.parse::<u64>().is_ok()
+}
+
+/// Whether nobody holds the lock of the cgroup `dir`: its owner is gone. The exclusive
+/// lock taken to find out is released at once.
+fn owner_gone(dir: &Path) -> io::Result<bool> {
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::auto_parent;
+    use super::super::tests::require_parent;
     use super::*;
 
-    /// Empty cgroups named for processes that are gone are removed; those of a live
-    /// process (pid 1) or this one, and names genbuild does not give, stay.
+    /// Empty cgroups nobody holds are removed; one a live owner holds, and names
+    /// genbuild does not give, stay.
     #[test]
-    fn the_empty_cgroups_of_processes_that_are_gone_are_removed() {
-        let Some(parent) = auto_parent() else {
-            eprintln!("skipped: no cgroup v2 here");
-            return;
-        };
-        let mut gone = std::process::Command::new("true").spawn().unwrap();
-        let dead = gone.id();
-        gone.wait().unwrap();
-        let names = [
-            format!("genbuild-{dead}-0"),
-            "genbuild-1-0".into(),
-            format!("genbuild-{dead}-x"),
-            "genbuild-z".into(),
-        ];
+    fn the_empty_cgroups_nobody_holds_are_removed() {
+        let Some(parent) = require_parent() else { return };
+        let held = Cgroup::create(parent).unwrap();
+        let names = ["genbuild-4000000-0".to_string(), "genbuild-1-x".into(), "genbuild-z".into()];
         for name in &names {
-            if fs::create_dir(parent.join(name)).is_err() {
-                eprintln!("skipped: cannot create cgroups under {}", parent.display());
-                return;
-            }
+            fs::create_dir(parent.join(name)).unwrap();
         }
         remove_dead_owners(parent);
         let left: Vec<bool> = names.iter().map(|name| parent.join(name).exists()).collect();
         for name in &names {
             let _ = fs::remove_dir(parent.join(name));
         }
-        assert_eq!(left, [false, true, true, true], "{names:?}");
-        assert_eq!(dead_owner(&format!("genbuild-{}-3", std::process::id()), std::process::id()), None);
+        let held_stays = held.dir().exists();
+        held.remove().unwrap();
+        assert_eq!(left, [false, true, true], "{names:?}");
+        assert!(held_stays, "the cgroup of a live owner was removed");
+    }
+
+    /// Issue 21, item 6: a genbuild in another pid namespace, whose pids differ, sweeps
+    /// only what nobody holds: this process's kept cgroup stays, a dead owner's goes.
+    #[test]
+    fn a_sweep_from_another_pid_namespace_spares_a_live_owners_cgroup() {
+        if let Ok(parent) = std::env::var("GENBUILD_SWEEP_FROM_NAMESPACE") {
+            remove_dead_owners(Path::new(&parent));
+            return;
+        }
+        let Some(parent) = require_parent() else { return };
+        let held = Cgroup::create(parent).unwrap();
+        let dead = parent.join("genbuild-1-999999");
+        fs::create_dir(&dead).unwrap();
+        let status = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "process::cgroup::slot::tests::a_sweep_from_another_pid_namespace_spares_a_live_owners_cgroup"])
+            .env("GENBUILD_SWEEP_FROM_NAMESPACE", parent)
+            .stdout(std::process::Stdio::null())
+            .status();
+        let (held_stays, dead_gone) = (held.dir().exists(), !dead.exists());
+        let _ = fs::remove_dir(&dead);
+        held.remove().unwrap();
+        let status = status.expect("unshare runs (util-linux)");
+        assert!(status.success(), "the sweep in another pid namespace failed: {status:?}");
+        assert!(held_stays, "a live process's cgroup was swept from another pid namespace");
+        assert!(dead_gone, "a dead owner's cgroup was not swept");
     }
 }
