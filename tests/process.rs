@@ -10,20 +10,18 @@
 
 mod common;
 
+use genbuild::Command;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use genbuild::{CancelReason, Containment, Job, JobContext, JobError, ProcessOptions, Stream, WaitStrategy};
 
 /// The containments to try here, each printed as the test runs it.
+/// The process tree, and a cgroup v2 (whose absence fails the test under `CI=true`).
 fn containments(test: &str) -> Vec<Containment> {
     let mut all = vec![Containment::ProcessTree];
-    match writable_cgroup() {
-        Some(dir) => all.push(Containment::Cgroup(dir)),
-        None => eprintln!("{test}: no writable cgroup v2 here: the cgroup variant is skipped"),
-    }
+    all.extend(require_cgroup(test).map(Containment::Cgroup));
     all
 }
 
@@ -564,7 +562,7 @@ fn a_program_whose_kernel_reaps_its_children_gets_a_clear_error_and_no_command_r
     {
         let dir = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
-        let child = Command::new("bash")
+        let child = std::process::Command::new("bash")
             .args(["-c", shell])
             .arg(&exe)
             .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
@@ -780,5 +778,137 @@ fn a_command_that_cannot_start_fails_alike_under_every_containment() {
         cmd.args(["-c", "echo ran"]).arg("a\0b");
         let message = output_of(cmd, options()).unwrap_err().to_string();
         assert!(message.ends_with("nul byte found in provided data"), "{message}");
+    }
+}
+
+/// What a command did, as far as std and a job can both tell: its status and stdout,
+/// or the error that kept it from starting.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    Exited(i32, String),
+    NotStarted(String),
+}
+
+/// Issue 21, item 5: genbuild starts a command as std does, on every way it starts
+/// one: odd commands run by std's `Command::output` and through a job, under each
+/// containment (the cgroup one is genbuild's own clone), give the same result.
+#[test]
+fn odd_commands_run_as_std_runs_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let [scripts, denied, plain_file] = ["scripts", "denied", "a file"].map(|d| root.join(d));
+    std::fs::create_dir(&scripts).unwrap();
+    std::fs::create_dir(&denied).unwrap();
+    std::fs::write(&plain_file, "not a directory").unwrap();
+    let write = |path: &std::path::Path, text: &str, mode: u32| {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write(&scripts.join("gb-noshebang"), "echo \"no shebang: $0 $1\"\n", 0o755);
+    write(&scripts.join("gb-shebang"), "#!/bin/sh\necho \"shebang: $1\"\n", 0o755);
+    write(&denied.join("gb-shebang"), "#!/bin/sh\necho denied\n", 0o644);
+    let path = |dirs: &[&std::path::Path]| {
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+    };
+    let cmd = |program: &str, args: &[&str]| {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd
+    };
+    let mut table: Vec<(&str, Command)> = vec![
+        ("an empty name", cmd("", &[])),
+        ("a name with a slash", cmd("/bin/echo", &["slash"])),
+        ("a relative name with a slash", {
+            let mut c = cmd("./scripts/gb-shebang", &["relative"]);
+            c.current_dir(root);
+            c
+        }),
+        ("an empty PATH", {
+            let mut c = cmd("sh", &["-c", "echo found"]);
+            c.env("PATH", "");
+            c
+        }),
+        ("a PATH entry that is a file", {
+            let mut c = cmd("gb-shebang", &["past a file"]);
+            c.env("PATH", path(&[&plain_file, &scripts]));
+            c
+        }),
+        ("a script without #! along its own PATH", {
+            let mut c = cmd("gb-noshebang", &["arg"]);
+            c.env("PATH", path(&[&scripts]));
+            c
+        }),
+        (
+            "a script without #! by its path",
+            cmd(&scripts.join("gb-noshebang").display().to_string(), &["arg"]),
+        ),
+        ("EACCES before ENOENT", {
+            let mut c = cmd("gb-shebang", &[]);
+            c.env("PATH", path(&[&denied, std::path::Path::new("/nonexistent")]));
+            c
+        }),
+        ("not executable, then found", {
+            let mut c = cmd("gb-shebang", &["second"]);
+            c.env("PATH", path(&[&denied, &scripts]));
+            c
+        }),
+        ("a working directory that does not exist", {
+            let mut c = cmd("/bin/true", &[]);
+            c.current_dir(root.join("nonexistent"));
+            c
+        }),
+        ("env_clear", {
+            let mut c = cmd("/usr/bin/env", &[]);
+            c.env("DROPPED", "1").env_clear().env("ONLY", "this");
+            c
+        }),
+        ("env_remove", {
+            let mut c = cmd("sh", &["-c", "echo \"${HOME-unset} ${GB_SET-unset}\""]);
+            c.env_remove("HOME").env("GB_SET", "set");
+            c
+        }),
+        ("a failing command", cmd("sh", &["-c", "echo out; exit 3"])),
+    ];
+    let by_std = |c: &Command| {
+        let mut std = std::process::Command::new(c.get_program());
+        std.args(c.get_args());
+        if c.get_env_clear() {
+            std.env_clear();
+        }
+        for (key, value) in c.get_envs() {
+            match value {
+                Some(value) => std.env(key, value),
+                None => std.env_remove(key),
+            };
+        }
+        if let Some(dir) = c.get_current_dir() {
+            std.current_dir(dir);
+        }
+        match std.stdin(std::process::Stdio::null()).output() {
+            Ok(out) => {
+                Ran::Exited(out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+            Err(e) => Ran::NotStarted(e.to_string()),
+        }
+    };
+    for containment in containments("odd_commands_run_as_std_runs_them") {
+        for (what, c) in &mut table {
+            let expected = by_std(c);
+            let got = match output_of(c.clone(), options(&containment, WaitStrategy::Pidfd)) {
+                Ok(stdout) => Ran::Exited(0, stdout),
+                Err(JobError::Command(failure)) => match failure.exit {
+                    genbuild::Exit::Code(code) => Ran::Exited(code, "out\n".into()),
+                    other => panic!("{what}: {other:?}"),
+                },
+                Err(e) => Ran::NotStarted(e.to_string()),
+            };
+            let same = match (&expected, &got) {
+                // genbuild names the command and the step that failed around std's reason.
+                (Ran::NotStarted(std), Ran::NotStarted(ours)) => ours.contains(std.as_str()),
+                _ => expected == got,
+            };
+            assert!(same, "{what}, {}: std {expected:?}, genbuild {got:?}", describe(&containment));
+        }
     }
 }

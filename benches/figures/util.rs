@@ -174,12 +174,12 @@ impl BenchExecutor {
     fn run(script: Option<String>, ctx: &JobContext) -> Result<String, JobError> {
         match script.as_deref() {
             Some("date") => {
-                let mut cmd = Command::new("date");
+                let mut cmd = genbuild::Command::new("date");
                 cmd.arg("+%s%N");
                 Ok(ctx.run(cmd)?.stdout.trim().to_string())
             }
             Some(script) => {
-                let mut cmd = Command::new("sh");
+                let mut cmd = genbuild::Command::new("sh");
                 cmd.arg("-c").arg(script);
                 ctx.run(cmd).map(|_| String::new())
             }

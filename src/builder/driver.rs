@@ -303,9 +303,7 @@ impl Shared {
         state.waiting_calls += 1;
         loop {
             let over = match wait.until {
-                Until::JobEnded(job) => {
-                    state.machine.running_job().is_none_or(|(running, _)| running != job)
-                }
+                Until::JobEnded(job) => state.machine.running_job().is_none_or(|(running, _)| running != job),
                 Until::StopsEnded => !state.machine.is_stopping(),
             };
             if over {

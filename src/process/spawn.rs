@@ -121,7 +121,10 @@ pub(super) fn start(
             Ok(child) => return Ok(contained(child, group, description)),
             Err(CloneError::Start(e)) => return Err(cannot_start(e)),
             Err(CloneError::Enter(e)) if auto => {
-                log::debug!("`{description}` could not enter cgroup {} ({e}); starting it without", group.dir().display());
+                log::debug!(
+                    "`{description}` could not enter cgroup {} ({e}); starting it without",
+                    group.dir().display()
+                );
                 drop(group);
                 return std_spawn(genbuild.to_std(), None).map(|child| (child, None)).map_err(cannot_start);
             }
@@ -139,7 +142,10 @@ pub(super) fn start(
     match std_spawn_ref(&mut cmd, Some(hook.clone())) {
         Ok(child) => Ok(contained(child, group, description)),
         Err(e) if auto => {
-            log::debug!("`{description}` could not start inside cgroup {} ({e}); trying without", group.dir().display());
+            log::debug!(
+                "`{description}` could not start inside cgroup {} ({e}); trying without",
+                group.dir().display()
+            );
             hook.disable();
             drop(group);
             std_spawn_ref(&mut cmd, None).map(|child| (child, None)).map_err(cannot_start)

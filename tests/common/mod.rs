@@ -9,7 +9,6 @@ pub mod store;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,8 +90,10 @@ impl ShellExecutor {
     }
 }
 
-pub fn sh(script: &str) -> Command {
-    let mut cmd = Command::new("sh");
+/// `sh -c script` as genbuild's own [`genbuild::Command`], which genbuild may start
+/// itself (a clone born in the command's cgroup).
+pub fn sh(script: &str) -> genbuild::Command {
+    let mut cmd = genbuild::Command::new("sh");
     cmd.arg("-c").arg(script);
     cmd
 }
@@ -269,6 +270,42 @@ pub fn writable_cgroup() -> Option<PathBuf> {
     std::fs::create_dir(&probe).ok()?;
     std::fs::remove_dir(&probe).ok()?;
     Some(dir)
+}
+
+/// [`writable_cgroup`], or `None` and the reason printed; under `CI=true` (whose
+/// machines have a writable cgroup v2) a test that finds none fails and says why.
+pub fn require_cgroup(test: &str) -> Option<PathBuf> {
+    let dir = writable_cgroup();
+    if dir.is_none() {
+        let why = format!("{test}: no writable cgroup v2 here (root, or a delegated systemd unit, needed)");
+        assert!(std::env::var_os("CI").is_none_or(|ci| ci != "true"), "CI=true, but {why}");
+        eprintln!("skipped: {why}");
+    }
+    dir
+}
+
+/// Runs the test `test` of this test binary again in a process of its own, alone, for
+/// a test that changes what the whole process shares (its file descriptors, its
+/// stdio): true in that process, where the test goes on; in this one, false once it
+/// passed there (a failure there fails here, with its output).
+pub fn alone(test: &str) -> bool {
+    const ALONE: &str = "GENBUILD_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some_and(|t| t == test) {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "{test}, run alone: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    false
 }
 
 /// What `Containment::Auto` means on this machine, for a test to print.

@@ -191,7 +191,9 @@ impl Cgroup {
             match Cgroup::open(dir.clone()) {
                 Ok(cgroup) => return Ok(cgroup),
                 // Swept by another process between its creation and its lock.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 100 => attempts += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() && attempts < 100 => {
+                    attempts += 1
+                }
                 Err(e) => {
                     let _ = fs::remove_dir(&dir);
                     return Err(e);
@@ -258,7 +260,8 @@ impl Cgroup {
         if self.killed.load(Ordering::Relaxed) {
             return false;
         }
-        let (Ok(events), Ok(stat)) = (read_at_start(&self.files().events), read_at_start(&self.files().stat)) else {
+        let (Ok(events), Ok(stat)) = (read_at_start(&self.files().events), read_at_start(&self.files().stat))
+        else {
             return false;
         };
         events.lines().any(|l| l == "populated 0")
@@ -623,7 +626,10 @@ pub(super) mod tests {
             },
             None => "no cgroup v2 hierarchy of this process is mounted".to_string(),
         };
-        assert!(std::env::var_os("CI").is_none_or(|ci| ci != "true"), "CI=true, but {why}: this test needs a writable cgroup v2");
+        assert!(
+            std::env::var_os("CI").is_none_or(|ci| ci != "true"),
+            "CI=true, but {why}: this test needs a writable cgroup v2"
+        );
         eprintln!("skipped: {why}");
         None
     }
@@ -665,7 +671,9 @@ pub(super) mod tests {
     /// cgroup all the same: every file that takes was opened with the cgroup.
     #[test]
     fn a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare() {
-        if !crate::process::tests::alone("process::cgroup::tests::a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare") {
+        if !crate::process::tests::alone(
+            "process::cgroup::tests::a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare",
+        ) {
             return;
         }
         let script = "setsid sh -c 'trap \"\" TERM; sleep 300' </dev/null >/dev/null 2>&1 & exec sleep 301";
@@ -843,7 +851,8 @@ pub(super) mod tests {
             std::thread::yield_now();
         }
         assert!(!cgroup.is_empty());
-        let freeze = rustix::fs::open(cgroup.dir().join("cgroup.freeze"), OFlags::WRONLY, Mode::empty()).unwrap();
+        let freeze =
+            rustix::fs::open(cgroup.dir().join("cgroup.freeze"), OFlags::WRONLY, Mode::empty()).unwrap();
         cgroup.freeze_and_kill(freeze.as_fd()).unwrap();
         assert!(cgroup.wait_empty(Duration::from_secs(10)));
         assert_eq!(child.wait().unwrap().signal(), Some(9));
