@@ -33,8 +33,8 @@ fn eval_then_build_records_every_step_and_notifies_once_each() {
     let g = generation(&store, &uuid);
     assert_eq!(g.build_status, status::BUILT);
     assert_eq!(g.build_reason, BUILD_REASON_NEED_BUILD);
-    assert_quiet(&builder.evaluation_done(), "evaluation_done");
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.evaluation_done(), "evaluation_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
 
     let mut kinds = Vec::new();
     let mut lines = Vec::new();
@@ -71,7 +71,7 @@ fn an_output_already_in_the_store_is_reported_built_without_building() {
         (g.build_status.as_str(), g.build_reason.as_str()),
         (status::BUILT, BUILD_REASON_ALREADY_BUILT)
     );
-    assert_quiet(&builder.evaluation_done(), "evaluation_done");
+    assert_quiet(&builder, &builder.evaluation_done(), "evaluation_done");
     assert_eq!(builder.submit_build(&uuid), Err(Error::AlreadyBuilt));
 }
 
@@ -313,7 +313,7 @@ fn a_build_submitted_while_suspended_starts_on_resume() {
     builder.submit_build(&uuid).unwrap();
     assert!(!builder.is_building());
     assert_eq!(generation(&store, &uuid).build_status, status::INITIALIZED);
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
     builder.resume().unwrap();
     assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
     assert_eq!(generation(&store, &uuid).build_status, status::BUILT);
@@ -330,7 +330,7 @@ fn resume_builds_nothing_that_was_not_submitted() {
     builder.resume().unwrap();
     assert!(!builder.is_building());
     assert_eq!(generation(&store, &uuid).build_status, status::INITIALIZED);
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
 }
 
 #[test]
@@ -569,7 +569,7 @@ fn stop_after_suspend_and_resume_while_a_build_dies_leaves_nothing_running() {
     suspending.join().unwrap().unwrap();
     assert_eq!(generation(&store, &uuid).build_err, "cancelled: stopped");
     assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
 }
 
 #[test]
@@ -584,7 +584,7 @@ fn stop_while_a_suspended_build_dies_makes_resume_build_nothing() {
     assert_eq!(build_started_events(&events), 0);
     assert_eq!(generation(&store, &uuid).build_err, "cancelled: stopped");
     assert_eq!(recv(&builder.build_done(), "build_done"), uuid);
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
     assert_no_process(&n);
 }
 
@@ -600,7 +600,7 @@ fn eval_while_a_suspended_and_resumed_build_dies_starts_no_build_of_the_old_gene
     assert_eq!(generation(&store, &old).build_err, format!("cancelled: superseded by generation {new}"));
     assert_eq!(recv(&builder.build_done(), "build_done"), old);
     assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), new);
-    assert_quiet(&builder.build_done(), "build_done");
+    assert_quiet(&builder, &builder.build_done(), "build_done");
     assert_no_process(&n);
 }
 

@@ -68,8 +68,17 @@ fn kill_leftovers(marker: &str) -> Vec<String> {
             format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end())
         })
         .collect();
-    for pid in left {
-        let _ = rustix::process::kill_process(Pid::from_raw(pid).expect("a positive pid"), Signal::KILL);
+    // Killed through pidfds, which tell when each is gone.
+    let pidfds: Vec<_> = left
+        .iter()
+        .filter_map(|&pid| {
+            rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()
+        })
+        .collect();
+    for pidfd in &pidfds {
+        let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
+        let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 20, tv_nsec: 0 }));
     }
     described
 }
@@ -128,8 +137,8 @@ fn a_shell_job_killed_from_outside_fails_and_the_builder_goes_on() {
         let next = builder.eval(&rs("c3")).unwrap();
         assert_eq!(recv(&builder.evaluation_done(), "evaluation_done"), next);
         assert_eq!(generation(&store, &next).eval_status, status::EVALUATED);
-        assert_quiet(&builder.evaluation_done(), "evaluation_done");
-        assert_quiet(&builder.build_done(), "build_done");
+        assert_quiet(&builder, &builder.evaluation_done(), "evaluation_done");
+        assert_quiet(&builder, &builder.build_done(), "build_done");
         drop(builder);
         assert_no_process(&n);
     }

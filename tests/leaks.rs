@@ -1,9 +1,13 @@
 //! Threads, file descriptors and processes before and after heavy churn. A binary of
-//! its own: the counts are of the whole test process, so nothing else may run beside.
+//! its own, its tests one at a time: the counts are of the whole test process. Only
+//! genbuild's threads are counted (the harness starts one per test, whenever it
+//! likes), and every count may drop to its baseline a moment after the call that ends
+//! the work: threads and descriptors that leave on their own are waited for, a leak
+//! fails after a bound.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use genbuild::{Containment, Job, JobContext, ProcessOptions, WaitStrategy};
@@ -14,7 +18,7 @@ static ALONE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 #[test]
 fn a_thousand_preemptions_leave_no_thread_fd_or_process_behind() {
     let _alone = ALONE.lock();
-    let (threads, fds) = (thread_count(), fd_count());
+    let (threads, fds) = (genbuild_thread_count(), fd_count());
     let n = nonce();
     let (builder, store, executor) =
         builder(ShellExecutor::new().eval_runs(long_sleep(&n)).build_runs(long_sleep(&n)));
@@ -33,8 +37,8 @@ fn a_thousand_preemptions_leave_no_thread_fd_or_process_behind() {
     assert_eq!(store.generation(&uuid).unwrap().build_status, "failed");
     drop(events);
     drop(builder);
-    assert_threads_at_most(threads);
-    assert_eq!(fd_count(), fds, "file descriptors leaked");
+    assert_genbuild_threads_at_most(threads);
+    assert_fds_at_most(fds);
 }
 
 /// A command that exits 0 while a `setsid` grandchild holds its pipes: the job ends at
@@ -43,7 +47,7 @@ fn a_thousand_preemptions_leave_no_thread_fd_or_process_behind() {
 #[test]
 fn a_grandchild_holding_the_pipes_leaves_no_thread_or_fd_behind() {
     let _alone = ALONE.lock();
-    let (threads, fds) = (thread_count(), fd_count());
+    let (threads, fds) = (genbuild_thread_count(), fd_count());
     for containment in [Containment::Auto, Containment::ProcessTree] {
         for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
             let n = nonce();
@@ -59,14 +63,11 @@ fn a_grandchild_holding_the_pipes_leaves_no_thread_or_fd_behind() {
             job.start();
             job.wait();
             assert_eq!(job.error(), None);
-            assert!(
-                started.elapsed() < Duration::from_millis(1200),
-                "{containment:?} {wait:?}: {:?}",
-                started.elapsed()
-            );
+            // The daemon would hold the pipes 300 s: this bound only catches waiting for it.
+            assert!(started.elapsed() < HANG, "{containment:?} {wait:?}: {:?}", started.elapsed());
             assert_no_process(&n);
         }
     }
-    assert_threads_at_most(threads);
-    assert_eq!(fd_count(), fds, "file descriptors leaked");
+    assert_genbuild_threads_at_most(threads);
+    assert_fds_at_most(fds);
 }

@@ -54,6 +54,9 @@ fn persist_child() {
     // Bounded, so that an orphaned child ends on its own.
     let end = Instant::now() + Duration::from_secs(30);
     let mut i = 0u64;
+    // Generations pre-empted by the next eval, whose end is announced all the same:
+    // their notifications come first, in order.
+    let mut preempted = std::collections::VecDeque::new();
     while Instant::now() < end {
         i += 1;
         if rng.below(4) == 0 {
@@ -62,21 +65,36 @@ fn persist_child() {
         let uuid = builder.eval(&rs(&format!("{i:040x}"))).unwrap();
         match rng.below(4) {
             // Pre-empted by the next eval at once.
-            0 => continue,
+            0 => {
+                preempted.push_back(uuid);
+                continue;
+            }
             1 => {
                 builder.suspend().unwrap();
                 builder.resume().unwrap();
             }
             _ => {}
         }
-        crossbeam_channel::select! {
-            recv(evaluated) -> got => {
-                assert_eq!(got.unwrap(), uuid);
+        loop {
+            let (got, evaluation) = crossbeam_channel::select! {
+                recv(evaluated) -> got => (got.unwrap(), true),
+                recv(built) -> got => (got.unwrap(), false),
+                default(HANG) => panic!("no notification for {uuid} within {HANG:?}"),
+            };
+            if got != uuid {
+                assert_eq!(
+                    Some(got),
+                    preempted.pop_front(),
+                    "a notification names an earlier generation, in order"
+                );
+                continue;
+            }
+            assert!(preempted.is_empty(), "{uuid} announced before {preempted:?}");
+            if evaluation {
                 builder.submit_build(&uuid).unwrap();
                 assert_eq!(recv(&built, "build_done"), uuid);
             }
-            recv(built) -> got => assert_eq!(got.unwrap(), uuid),
-            default(HANG) => panic!("no notification for {uuid} within {HANG:?}"),
+            break;
         }
     }
     panic!("the parent never killed this child");

@@ -74,11 +74,9 @@ fn wait_line(lines: &crossbeam_channel::Receiver<String>, prefix: &str) -> Strin
 
 /// Kills whatever carries `marker` (so that a failing test does not leak into others)
 /// and fails if there was any.
+/// None of the processes carrying `marker` is alive now (the job that ran them
+/// ended); those that are get killed before the test fails.
 fn assert_none_left(marker: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !processes_with(marker).is_empty() && Instant::now() < deadline {
-        std::thread::yield_now();
-    }
     let left = processes_with(marker);
     for &pid in &left {
         let _ = rustix::process::kill_process(
@@ -131,8 +129,9 @@ fn a_command_that_exits_while_a_setsid_grandchild_holds_its_pipes_ends_at_once()
             job.wait();
             let took = started.elapsed();
             assert_eq!(job.error(), None, "{containment:?}");
-            // The command exits a few ms after it starts.
-            assert!(took < Duration::from_millis(1200), "{containment:?} {wait:?}: the job took {took:?}");
+            // The command exits a few ms after it starts; its daemon would hold the pipes
+            // for 300 s: this bound only catches waiting for it.
+            assert!(took < HANG, "{containment:?} {wait:?}: the job took {took:?}");
             assert_none_left(&n, &describe(&containment));
         }
     }

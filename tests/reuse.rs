@@ -299,7 +299,7 @@ fn a_reused_evaluation_of_a_built_output_takes_the_already_built_shortcut() {
     assert_eq!(recv(&h.builder.build_done(), "build_done"), first.uuid);
     let uuid = h.builder.eval(&rs("c1")).unwrap();
     assert_eq!(recv(&h.builder.build_done(), "build_done"), uuid);
-    assert_quiet(&h.builder.evaluation_done(), "evaluation_done");
+    assert_quiet(&h.builder, &h.builder.evaluation_done(), "evaluation_done");
     let g = generation(&h.store, &uuid);
     assert_eq!(
         (g.eval_reused_from.as_str(), g.build_status.as_str(), g.build_reason.as_str()),

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use genbuild::proto::{self, event};
 use parking_lot::Mutex;
 
-use crate::common::{assert_threads_at_most, fd_count, nonce, processes_with, rs, thread_count};
+use crate::common::{
+    assert_genbuild_threads_at_most, fd_count, genbuild_thread_count, nonce, processes_with, rs,
+};
 use crate::util::{count_and_kill_leftovers, fmt_ms, median, ms, percentile, shell_builder};
 use crate::{row, Plan, Row, HANG};
 
@@ -109,33 +111,33 @@ pub(crate) fn churn_rows(plan: &Plan) -> Vec<Row> {
     for _ in 0..plan.churn_reps {
         let n = nonce();
         let script = format!("sleep 300.{n}");
-        let before = (thread_count(), fd_count(), processes_with(&n).len());
+        let before = (genbuild_thread_count(), fd_count(), processes_with(&n).len());
         let (builder, _) = shell_builder(Some(script.clone()), None);
         let t = Instant::now();
         for i in 0..CHURN_CALLS {
             builder.eval(&rs(&format!("{i:040x}"))).unwrap();
         }
         ours_rate.push(CHURN_CALLS as f64 / t.elapsed().as_secs_f64());
-        let during = (thread_count(), fd_count(), processes_with(&n).len());
+        let during = (genbuild_thread_count(), fd_count(), processes_with(&n).len());
         builder.stop();
         drop(builder);
         // Job threads wait 50 ms for another job before they exit.
-        assert_threads_at_most(before.0);
-        let after = (thread_count(), fd_count(), processes_with(&n).len());
+        assert_genbuild_threads_at_most(before.0);
+        let after = (genbuild_thread_count(), fd_count(), processes_with(&n).len());
         counts.0 = format!("{before:?} → {during:?} → {after:?}");
 
         let m = nonce();
         let script = format!("sleep 300.{m}");
-        let before = (thread_count(), fd_count(), processes_with(&m).len());
+        let before = (genbuild_thread_count(), fd_count(), processes_with(&m).len());
         let reference = ReferenceChurn { state: Mutex::new((None, proto::Generation::default())) };
         let t = Instant::now();
         for i in 0..CHURN_CALLS {
             reference.eval(&script, i);
         }
         ref_rate.push(CHURN_CALLS as f64 / t.elapsed().as_secs_f64());
-        let during = (thread_count(), fd_count(), processes_with(&m).len());
+        let during = (genbuild_thread_count(), fd_count(), processes_with(&m).len());
         reference.stop();
-        let after = (thread_count(), fd_count(), processes_with(&m).len());
+        let after = (genbuild_thread_count(), fd_count(), processes_with(&m).len());
         counts.1 = format!("{before:?} → {during:?} → {after:?}");
         count_and_kill_leftovers(&n);
         count_and_kill_leftovers(&m);

@@ -28,6 +28,13 @@ pub struct genbuild_builder {
     events: Receiver<Event>,
 }
 
+// Every entry point but destroy shares the handle between the caller's threads: a
+// compile-time fact.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<genbuild_builder>();
+};
+
 /// The builder behind `handle`.
 ///
 /// # Safety
@@ -331,13 +338,6 @@ mod tests {
 
     fn config(state_file: *const c_char) -> genbuild_config {
         genbuild_config { state_file, ..test_config() }
-    }
-
-    /// Every entry point but destroy shares the handle between the caller's threads.
-    #[test]
-    fn the_handle_may_be_shared_between_threads() {
-        fn shared_between_threads<T: Send + Sync>() {}
-        shared_between_threads::<genbuild_builder>();
     }
 
     /// What needs no Nix: NULL handles and out-parameters, garbage bytes, a corrupt

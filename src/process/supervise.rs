@@ -186,8 +186,13 @@ impl Supervisor<'_, '_> {
         roots.extend(tree::group_members(leader));
         let found = tree::descendants(&roots);
         self.known.extend(found);
-        tree::kill_all(&self.known);
+        let killed = tree::kill_all(&self.known);
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        // Gone before the job ends, as in a cgroup (a process in uninterruptible sleep
+        // is not waited for past the bound: the reaper's bound, for the same reason).
+        if !tree::wait_gone(&killed, REAP_LIMIT) {
+            log::warn!("a process of `{}` did not exit within {REAP_LIMIT:?} of SIGKILL", self.description);
+        }
     }
 
     /// The leader's status, once it exited within [`REAP_LIMIT`]; `None` if it did not.
@@ -217,7 +222,9 @@ impl Supervisor<'_, '_> {
             self.description,
             holders.iter().map(|h| h.0).collect::<Vec<_>>()
         );
-        tree::kill_all(&holders);
+        if !tree::wait_gone(&tree::kill_all(&holders), REAP_LIMIT) {
+            log::warn!("a holder of the output of `{}` did not exit within {REAP_LIMIT:?}", self.description);
+        }
         for pipe in std::mem::take(&mut self.pipes) {
             pipe.close(&mut self.output);
         }

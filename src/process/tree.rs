@@ -16,7 +16,9 @@
 //! ([`pipe_holders`]).
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
@@ -45,14 +47,18 @@ pub(super) fn group_members(pgid: i32) -> Vec<ProcId> {
         .collect()
 }
 
-/// SIGKILL to each of `known` that is still the process it was.
-pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) {
+/// SIGKILL to each of `known` that is still the process it was; the pidfds of those
+/// signalled, to await their end with [`wait_gone`].
+pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) -> Vec<OwnedFd> {
+    let mut signalled = Vec::new();
     for &(pid, started) in known {
         let (Some(started), Some(raw)) = (started, Pid::from_raw(pid)) else { continue };
         match pidfd_open(raw, PidfdFlags::empty()) {
             // Whatever has the pid now is pinned; if it has the start time, it is ours.
             Ok(pidfd) if start_time(pid) == Some(started) => {
-                let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+                if pidfd_send_signal(&pidfd, Signal::KILL).is_ok() {
+                    signalled.push(pidfd);
+                }
             }
             // No pidfds (Linux before 5.3): the check, then the signal by pid.
             Err(Errno::NOSYS) if start_time(pid) == Some(started) => {
@@ -61,6 +67,14 @@ pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) {
             _ => {}
         }
     }
+    signalled
+}
+
+/// Until every process of `pidfds` has exited (a pidfd is readable once its process
+/// is a zombie or gone), or `limit` passed; whether they all have.
+pub(super) fn wait_gone(pidfds: &[OwnedFd], limit: Duration) -> bool {
+    let deadline = super::deadline_after(limit);
+    pidfds.iter().all(|pidfd| matches!(super::poll::readable_until(pidfd.as_fd(), deadline), Ok(true)))
 }
 
 /// The processes other than this one holding an end of a pipe whose inode is in

@@ -150,7 +150,13 @@ pub fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
     rx.recv_timeout(HANG).unwrap_or_else(|_| panic!("no {what} within {HANG:?}"))
 }
 
-pub fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>, what: &str) {
+/// No `what` (a notification channel of `builder`) came, and none can come: no job of
+/// the builder runs, which is what sends them.
+pub fn assert_quiet<T: std::fmt::Debug>(builder: &Builder, rx: &Receiver<T>, what: &str) {
+    assert!(
+        !builder.is_evaluating() && !builder.is_building(),
+        "a job still runs, which may yet send {what}: {builder:?}"
+    );
     assert!(rx.is_empty(), "unexpected {what}: {:?}", rx.try_recv());
 }
 
@@ -179,18 +185,13 @@ pub fn wait_for_processes(marker: &str, count: usize) {
     }
 }
 
-/// Fails if a process carrying `marker` is alive. Processes killed a moment ago may
-/// still be exiting (their parent not reaped them yet), hence the short bound.
+/// Fails if a process carrying `marker` is alive now: what genbuild promises once the
+/// call that ended its job (`stop()`, a job's `wait()`, the drop of a builder) returned.
+/// A process that was killed is gone by then, or past the point where it has a command
+/// line (or a zombie, which is not alive).
 pub fn assert_no_process(marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = processes_with(marker);
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "processes left alive with {marker}: {left:?}");
-        std::thread::yield_now();
-    }
+    let left = processes_with(marker);
+    assert!(left.is_empty(), "processes left alive with {marker}: {left:?}");
 }
 
 /// The number of open file descriptors of this process.
@@ -232,18 +233,42 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// The number of threads of this process.
-pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+/// The number of genbuild's threads in this process (named `genbuild-…`): the test
+/// harness's own threads, which come and go as other tests start, are not counted.
+pub fn genbuild_thread_count() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("genbuild"))
+        .count()
 }
 
-/// Waits until the thread count drops to `at_most` (threads that returned are not
-/// gone from /proc until the kernel reaps them).
-pub fn assert_threads_at_most(at_most: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while thread_count() > at_most {
-        assert!(Instant::now() < deadline, "{} threads alive, expected at most {at_most}", thread_count());
-        std::thread::yield_now();
+/// Waits until at most `at_most` of genbuild's threads are alive: threads that
+/// returned (an idle job thread after its wait, a waiter whose command exited) leave on
+/// their own, a moment later; one that never does fails after [`HANG`].
+pub fn assert_genbuild_threads_at_most(at_most: usize) {
+    let deadline = Instant::now() + HANG;
+    while genbuild_thread_count() > at_most {
+        assert!(
+            Instant::now() < deadline,
+            "{} of genbuild's threads alive, expected at most {at_most}",
+            genbuild_thread_count()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until this process has at most `at_most` open file descriptors (a waiter
+/// thread closes its own when it leaves); more after [`HANG`] is a leak.
+pub fn assert_fds_at_most(at_most: usize) {
+    let deadline = Instant::now() + HANG;
+    while fd_count() > at_most {
+        assert!(
+            Instant::now() < deadline,
+            "{} file descriptors open, expected at most {at_most}",
+            fd_count()
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
