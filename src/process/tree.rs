@@ -55,10 +55,10 @@ pub(super) fn kill_all<'a>(known: impl IntoIterator<Item = &'a ProcId>) -> Vec<O
         let (Some(started), Some(raw)) = (started, Pid::from_raw(pid)) else { continue };
         match pidfd_open(raw, PidfdFlags::empty()) {
             // Whatever has the pid now is pinned; if it has the start time, it is ours.
-            Ok(pidfd) if start_time(pid) == Some(started) => {
-                if pidfd_send_signal(&pidfd, Signal::KILL).is_ok() {
-                    signalled.push(pidfd);
-                }
+            Ok(pidfd)
+                if start_time(pid) == Some(started) && pidfd_send_signal(&pidfd, Signal::KILL).is_ok() =>
+            {
+                signalled.push(pidfd);
             }
             // No pidfds (Linux before 5.3): the check, then the signal by pid.
             Err(Errno::NOSYS) if start_time(pid) == Some(started) => {
