@@ -33,7 +33,7 @@ use rustix::process::Pid;
 
 use super::command::Command;
 use super::fds::above_stdio;
-use super::spawn::{reap, Child, Cloned};
+use super::child::{reap, Child, Cloned};
 
 /// Why [`clone_into_cgroup`] did not start the command.
 #[derive(Debug)]

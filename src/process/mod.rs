@@ -38,6 +38,7 @@
 //! cancellation, grace) and a line callback. It never imports `job` or `builder`.
 
 mod cgroup;
+mod child;
 mod clone;
 mod command;
 mod fds;

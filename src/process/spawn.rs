@@ -17,76 +17,16 @@
 //! without one (its process tree contains it); under [`Containment::Cgroup`] it fails.
 
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ExitStatus, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 use std::sync::Arc;
 
-use rustix::fd::OwnedFd;
-use rustix::process::{Pid, WaitOptions};
-
 use super::cgroup::{Cgroup, EntryHook};
+use super::child::Child;
 use super::clone::{clone_into_cgroup, CloneError};
 use super::command::{AnyCommand, Kind};
 use super::{Containment, ProcessOptions, WaitStrategy};
 use crate::error::JobError;
-
-/// A started command, whoever started it.
-pub(super) enum Child {
-    Std(std::process::Child),
-    Cloned(Cloned),
-}
-
-/// A command [`clone_into_cgroup`] started.
-pub(super) struct Cloned {
-    pub(super) pid: Pid,
-    pub(super) pidfd: Option<OwnedFd>,
-    pub(super) stdout: Option<OwnedFd>,
-    pub(super) stderr: Option<OwnedFd>,
-}
-
-impl Child {
-    pub(super) fn pid(&self) -> Pid {
-        match self {
-            Child::Std(child) => Pid::from_raw(child.id() as i32).expect("a child's pid is positive"),
-            Child::Cloned(child) => child.pid,
-        }
-    }
-
-    /// The read ends of stdout and stderr, once.
-    pub(super) fn take_output(&mut self) -> [Option<OwnedFd>; 2] {
-        match self {
-            Child::Std(child) => [child.stdout.take().map(Into::into), child.stderr.take().map(Into::into)],
-            Child::Cloned(child) => [child.stdout.take(), child.stderr.take()],
-        }
-    }
-
-    /// The pidfd the clone returned, once; std's children have none.
-    pub(super) fn take_pidfd(&mut self) -> Option<OwnedFd> {
-        match self {
-            Child::Std(_) => None,
-            Child::Cloned(child) => child.pidfd.take(),
-        }
-    }
-
-    /// Blocks until the child exits and reaps it.
-    pub(super) fn wait(&mut self) -> io::Result<ExitStatus> {
-        match self {
-            Child::Std(child) => child.wait(),
-            Child::Cloned(child) => reap(child.pid),
-        }
-    }
-}
-
-pub(super) fn reap(pid: Pid) -> io::Result<ExitStatus> {
-    loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
 /// How a command is started (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

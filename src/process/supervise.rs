@@ -14,7 +14,7 @@ use rustix::process::Signal;
 use super::cgroup::Cgroup;
 use super::pipes::{Output, Pipe, MAX_LINE};
 use super::poll::{poll_until, Polled};
-use super::spawn::Child;
+use super::child::Child;
 use super::tree::{self, ProcId};
 use super::wait::{self, ExitWatch, REAP_LIMIT};
 use super::{deadline_after, CommandOutput, Limits, Stream};

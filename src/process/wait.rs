@@ -25,7 +25,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::cgroup::Cgroup;
 use super::poll::readable_until;
-use super::spawn::Child;
+use super::child::Child;
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
 
