@@ -1,7 +1,7 @@
 package genbuild
 
 // The wrapper itself, without Nix: contexts, Close, arguments genbuild cannot take,
-// result codes, durations.
+// result codes, durations, the README's example.
 
 import (
 	"bytes"
@@ -388,5 +388,30 @@ func TestMillis(t *testing.T) {
 		if ms, ok := millis(c.d); ms != c.ms || ok != c.ok {
 			t.Errorf("millis(%v) = %d, %v; want %d, %v", c.d, ms, ok, c.ms, c.ok)
 		}
+	}
+}
+
+// The README shows go/example/main.go in full; building the file builds what the
+// README says (go/test.sh builds and runs it).
+func TestReadmeExampleIsExampleMain(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("../README.md: %v", err)
+		}
+		t.Skipf("skipped: not in genbuild's repository: %v", err)
+	}
+	_, section, found := strings.Cut(string(readme), "## Using genbuild from Go")
+	if !found {
+		t.Fatal(`the README has no "Using genbuild from Go" section`)
+	}
+	_, block, _ := strings.Cut(section, "```go\n")
+	block, _, _ = strings.Cut(block, "```\n")
+	example, err := os.ReadFile("example/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if block != string(example) {
+		t.Fatal("the README's Go example differs from go/example/main.go: copy the file into the README")
 	}
 }
