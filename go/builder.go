@@ -54,7 +54,8 @@ func New(cfg Config) (*Builder, error) {
 	defer cc.free()
 	var h *C.genbuild_builder
 	var msg *C.char
-	if err := failure("New", C.genbuild_builder_new(cc.c, &h, &msg), msg); err != nil {
+	r := C.genbuild_builder_new(cc.c, &h, &msg)
+	if err := failure("New", r, msg); err != nil {
 		return nil, err
 	}
 	b := &Builder{h: h}
@@ -111,7 +112,8 @@ func (b *Builder) evalBytes(data []byte) (string, error) {
 		p = (*C.uint8_t)(unsafe.Pointer(&data[0]))
 	}
 	var uuid, msg *C.char
-	if err := failure("Eval", C.genbuild_eval(h, p, C.size_t(len(data)), &uuid, &msg), msg); err != nil {
+	r := C.genbuild_eval(h, p, C.size_t(len(data)), &uuid, &msg)
+	if err := failure("Eval", r, msg); err != nil {
 		return "", err
 	}
 	defer C.genbuild_string_free(uuid)
@@ -141,7 +143,8 @@ func (b *Builder) SubmitBuild(uuid string) error {
 	cuuid := C.CString(uuid)
 	defer C.free(unsafe.Pointer(cuuid))
 	var msg *C.char
-	return failure("SubmitBuild", C.genbuild_submit_build(h, cuuid, &msg), msg)
+	r := C.genbuild_submit_build(h, cuuid, &msg)
+	return failure("SubmitBuild", r, msg)
 }
 
 // Suspend stops building until Resume: a running build is cancelled ("cancelled:
@@ -154,7 +157,8 @@ func (b *Builder) Suspend() error {
 	}
 	defer b.mu.RUnlock()
 	var msg *C.char
-	return failure("Suspend", C.genbuild_suspend(h, &msg), msg)
+	r := C.genbuild_suspend(h, &msg)
+	return failure("Suspend", r, msg)
 }
 
 // Resume builds again: the current generation is built if its build was submitted
@@ -167,7 +171,8 @@ func (b *Builder) Resume() error {
 	}
 	defer b.mu.RUnlock()
 	var msg *C.char
-	return failure("Resume", C.genbuild_resume(h, &msg), msg)
+	r := C.genbuild_resume(h, &msg)
+	return failure("Resume", r, msg)
 }
 
 // Stop cancels the running evaluation or build ("cancelled: stopped"), kills its
@@ -196,7 +201,8 @@ func (b *Builder) State() (*genbuildpb.Builder, error) {
 	}
 	var buf C.genbuild_buffer
 	var msg *C.char
-	err = failure("State", C.genbuild_state(h, &buf, &msg), msg)
+	r := C.genbuild_state(h, &buf, &msg)
+	err = failure("State", r, msg)
 	b.mu.RUnlock()
 	if err != nil {
 		return nil, err

@@ -108,7 +108,8 @@ func resultName(code uint32) string {
 }
 
 // failure is the error of a C call that returned r and, in msg, a message it handed
-// out (freed here); nil for OK.
+// out (freed here); nil for OK. The call is made before, not in failure's arguments:
+// Go does not order the read of msg against a call in the same argument list.
 func failure(op string, r C.genbuild_result, msg *C.char) error {
 	message := ""
 	if msg != nil {
