@@ -86,6 +86,11 @@ func (b *Builder) enter() (*C.genbuild_builder, error) {
 // EvalFinished event (or BuildStarted and BuildFinished when the output is already in
 // the store). A commit id or subdirectory Nix must not see fails the evaluation, whose
 // EvalErr says why. ErrInvalidArgument for a nil rs or one that does not encode.
+//
+// A Stop from another goroutine while Eval waits for the running job to end wins: no
+// generation is made, and Eval is refused (ErrRefused) with "stop() was called while
+// eval() waited for the running job to end, so the evaluation was not started: call
+// eval() again to evaluate this commit".
 func (b *Builder) Eval(rs *genbuildpb.RepositoryStatus) (string, error) {
 	if b.closing.Load() {
 		return "", ErrClosed

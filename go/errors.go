@@ -17,7 +17,7 @@ var (
 	// generation is already built", "no generation with uuid … has been found",
 	// "another generation is evaluating or evaluated", "the generation is not
 	// evaluated", "the builder is already suspended", "the builder is not
-	// suspended".
+	// suspended", and Eval's when a Stop came while it waited (see Eval).
 	ErrRefused = errors.New("genbuild: refused")
 	// ErrTimeout is the C ABI's GENBUILD_RESULT_TIMEOUT, so that every result code
 	// has its kind. No method returns it today: NextEvent returns ctx.Err() when its

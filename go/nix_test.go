@@ -130,6 +130,10 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
+// Eval's refusal when a stop comes while it waits for the running job to end.
+const stoppedWhileWaiting = "stop() was called while eval() waited for the running job to end, " +
+	"so the evaluation was not started: call eval() again to evaluate this commit"
+
 // Sixteen goroutines read State while this one evaluates, builds, pre-empts and
 // stops, and another one stops too; under the race detector.
 func TestSixteenGoroutinesReadStateDuringEvalAndStop(t *testing.T) {
@@ -195,8 +199,10 @@ func TestSixteenGoroutinesReadStateDuringEvalAndStop(t *testing.T) {
 	waitLine(t, b, building, "started "+r.nonce)
 	stopped := make(chan struct{})
 	go func() { b.Stop(); close(stopped) }()
+	// The evaluation starts after the stop, or is refused when the stop came while it
+	// waited for the build to end.
 	if _, err := b.Eval(rs(quick)); err != nil {
-		t.Fatalf("Eval during Stop: %v", err)
+		assertRefused(t, "Eval during Stop", err, stoppedWhileWaiting)
 	}
 	<-stopped
 	b.Stop()
