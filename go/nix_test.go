@@ -417,9 +417,6 @@ func TestFinalizerClosesAnUnreachableBuilder(t *testing.T) {
 	marker := sleepMarker(r.nonce)
 	t.Cleanup(func() { assertNoProcess(t, marker, "at the end") })
 	startAndDrop(t, r.config(), slow, r.nonce)
-	if len(processesWith(marker)) == 0 {
-		t.Fatal("the build runs no process")
-	}
 	deadline := time.Now().Add(hang)
 	for len(processesWith(marker)) > 0 {
 		if time.Now().After(deadline) {
@@ -444,4 +441,9 @@ func startAndDrop(t *testing.T, cfg Config, commit, nonce string) {
 		t.Fatalf("SubmitBuild: %v", err)
 	}
 	waitLine(t, b, uuid, "started "+nonce)
+	if len(processesWith(sleepMarker(nonce))) == 0 {
+		t.Fatal("the build runs no process")
+	}
+	// Until here: the garbage collector may finalize b as soon as it is no longer used.
+	runtime.KeepAlive(b)
 }
