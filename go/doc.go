@@ -81,8 +81,8 @@
 //
 // Statically, with the build tag genbuild_static: the program links libgenbuild.a and
 // the system libraries Rust's standard library needs, and runs without
-// LD_LIBRARY_PATH or libgenbuild.so (it needs only libc and libgcc_s, as Go programs
-// with cgo do):
+// LD_LIBRARY_PATH or libgenbuild.so (of shared libraries it needs only the C library
+// and libgcc_s):
 //
 //	CGO_LDFLAGS="-L$REPO/target/release" go build -tags genbuild_static
 //

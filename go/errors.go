@@ -34,9 +34,9 @@ var (
 	ErrStore = errors.New("genbuild: the state file cannot be used")
 	// ErrClosed is returned by every method called once Close has begun.
 	ErrClosed = errors.New("genbuild: the builder is closed")
-	// ErrInternal: genbuild panicked (a bug: the text says where), or answered with
-	// a result code this package does not know (a libgenbuild newer than the
-	// package).
+	// ErrInternal: genbuild panicked (a bug; the text is the panic's message), or
+	// answered with a result code this package does not know (a libgenbuild newer
+	// than the package).
 	ErrInternal = errors.New("genbuild: internal error")
 )
 

@@ -41,7 +41,7 @@ func requireNix(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true but nix-instantiate is not runnable (%v): the Nix tests need Nix installed", err)
 		}
-		t.Skipf("skipped: nix-instantiate is not runnable (%v): Nix is not installed", err)
+		t.Skipf("skipped: nix-instantiate is not runnable, Nix is not installed (%v)", err)
 	}
 }
 
