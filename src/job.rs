@@ -116,12 +116,23 @@ impl JobContext {
     /// its stderr. In a program whose kernel reaps its children (SIGCHLD ignored, or
     /// a handler with `SA_NOCLDWAIT`), no command is started: see [`ProcessOptions`].
     ///
-    /// In a cgroup, genbuild starts the command itself, the way `posix_spawn` does, so
-    /// that it enters the cgroup before `exec` without the cost of a `fork`: the
-    /// program (looked up along the command's own `PATH`), arguments, environment
-    /// (`env`, `env_remove`, `env_clear`) and working directory are honoured,
-    /// `pre_exec` hooks are not run. A command with a `uid`, `gid`, `groups` or `arg0`
-    /// is started by std instead (with a `fork`).
+    /// `cmd` is genbuild's own [`Command`](crate::Command) or a
+    /// `std::process::Command`. genbuild knows every setting of its own, and in a cgroup
+    /// starts it itself, the way `posix_spawn` does, born in the cgroup without the cost
+    /// of a `fork`. A `std::process::Command` may hold settings no getter shows (`uid`,
+    /// `gid`, `groups`, `arg0`, `pre_exec` hooks): it is always started by std, which
+    /// honours them all (in a cgroup with a `fork` and a hook that enters it). Moving an
+    /// executor to the faster way is a change of import:
+    ///
+    /// ```
+    /// use genbuild::{Command, JobContext, JobError}; // was: use std::process::Command;
+    ///
+    /// fn realise(ctx: &JobContext, drv: &str) -> Result<String, JobError> {
+    ///     let mut cmd = Command::new("nix-store");
+    ///     cmd.arg("--realise").arg(drv);
+    ///     Ok(ctx.run(cmd)?.stdout)
+    /// }
+    /// ```
     pub fn run(&self, cmd: impl Into<AnyCommand>) -> Result<CommandOutput, JobError> {
         self.run_with(cmd, &mut |stream, line| self.log(stream, line))
     }
@@ -253,8 +264,8 @@ type OnFinished = Box<dyn FnOnce(&Result<(), JobError>) -> Option<Successor> + S
 /// Runs one piece of [`Work`] on a thread of its own, with a timeout and cancellation.
 ///
 /// ```
-/// /// use std::time::Duration;
-/// use genbuild::{Job, JobContext, JobError};
+/// use std::time::Duration;
+/// use genbuild::{Command, Job, JobContext, JobError};
 ///
 /// let mut job = Job::new(
 ///     |ctx: &JobContext| {

@@ -113,6 +113,8 @@ pub unsafe extern "C" fn genbuild_builder_destroy(builder: *mut genbuild_builder
 /// EvalFinished event (or BuildStarted and BuildFinished when the output is already in
 /// the store). Undecodable bytes give `GENBUILD_RESULT_INVALID_ARGUMENT`; `rs` may be
 /// NULL when `rs_len` is 0 (an empty RepositoryStatus, whose evaluation then fails).
+/// A `genbuild_stop` made while this waits (for the running job, or for a stop under
+/// way) makes it give up: `GENBUILD_RESULT_REFUSED`, no generation created.
 ///
 /// Thread safety: may be called from any thread, concurrently with other calls.
 ///
@@ -210,9 +212,10 @@ pub unsafe extern "C" fn genbuild_resume(
 /// and joins its thread; blocks until all that is done, also when several threads call
 /// it at once (each returns only when nothing runs). Stronger than a pending suspend,
 /// resume or submission: a later `genbuild_resume` builds nothing wanted before the
-/// stop. No job starts while it waits: a `genbuild_eval` from another thread starts
-/// after it, a build submitted or resumed meanwhile ends at once ("cancelled:
-/// stopped"). Not terminal: `genbuild_eval` may follow.
+/// stop. No job starts while it waits: a `genbuild_eval` called meanwhile starts after
+/// it, one that was already waiting for the cancelled job gives up
+/// (`GENBUILD_RESULT_REFUSED`), a build submitted or resumed meanwhile ends at once
+/// ("cancelled: stopped"). Not terminal: `genbuild_eval` may follow.
 ///
 /// Thread safety: may be called from any thread, concurrently with other calls.
 ///

@@ -1,11 +1,11 @@
 //! The thread-safe driver around the pure state machine: [`Builder`] and its
 //! configuration.
 //!
-//! The driver decides nothing: what to cancel, start, record and notify comes from the
-//! machine (`machine.rs`). What it owns is the plumbing: one mutex around the machine
-//! (locked once per call, every queued action performed before unlocking, as quinn's
-//! `Connection` driver does), the jobs' threads ([`Job`](crate::Job)), the store
-//! writes, the channels.
+//! The driver decides nothing: what to cancel, start, record and notify, and when a
+//! call must wait, comes from the machine (`machine.rs`). What it owns is the plumbing:
+//! one mutex around the machine (every call feeds the machine and performs every queued
+//! action before unlocking, as quinn's `Connection` driver does; a waiting call does so
+//! again when woken), the jobs ([`Job`](crate::Job)), the store writes, the channels.
 //!
 //! * `attach`: one live builder per store; a second one is warned about.
 //! * `driver`: the shared state behind every handle and the commands' locking and
@@ -16,9 +16,9 @@
 //!
 //! Locking rule: never join a job's thread or wait for a child while holding the state
 //! mutex, because the job needs the mutex to record its result. Waiting for a
-//! cancelled job is a condition-variable wait (the mutex is released); `stop()`
-//! cancels under the lock, waits on the condition variable, then joins the finished
-//! jobs' threads outside it.
+//! cancelled job is a condition-variable wait (the mutex is released); `stop()` begins
+//! the stop under the lock, waits on the condition variable, ends it, then joins the
+//! finished jobs outside the lock.
 
 mod attach;
 mod driver;

@@ -64,4 +64,3 @@ pub(super) fn reap(pid: Pid) -> io::Result<ExitStatus> {
         }
     }
 }
-

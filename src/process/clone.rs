@@ -31,9 +31,9 @@ use std::time::Duration;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::process::Pid;
 
+use super::child::{reap, Child, Cloned};
 use super::command::Command;
 use super::fds::above_stdio;
-use super::child::{reap, Child, Cloned};
 
 /// Why [`clone_into_cgroup`] did not start the command.
 #[derive(Debug)]

@@ -12,9 +12,9 @@ use rustix::io::Errno;
 use rustix::process::Signal;
 
 use super::cgroup::Cgroup;
+use super::child::Child;
 use super::pipes::{Output, Pipe, MAX_LINE};
 use super::poll::{poll_until, Polled};
-use super::child::Child;
 use super::tree::{self, ProcId};
 use super::wait::{self, ExitWatch, REAP_LIMIT};
 use super::{deadline_after, CommandOutput, Limits, Stream};
@@ -40,13 +40,15 @@ enum Cause {
 }
 
 impl Cause {
-    /// Why a [`Phase::Running`] pump returned.
+    /// Why a [`Phase::Running`] pump returned (it waits for the exit, the cancel switch
+    /// or the deadline: never for the pipes, whose end only [`Phase::Draining`] awaits).
     fn of(woke: Woke) -> Cause {
         match woke {
             Woke::Exited => Cause::Exited,
             Woke::Cancelled => Cause::Cancelled,
-            Woke::Deadline | Woke::PipesClosed => Cause::TimedOut,
+            Woke::Deadline => Cause::TimedOut,
             Woke::PollFailed(e) => Cause::PollFailed(e),
+            Woke::PipesClosed => unreachable!("a running command's pump does not wait for its pipes"),
         }
     }
 }

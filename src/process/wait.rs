@@ -24,8 +24,8 @@ use std::time::Duration;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::cgroup::Cgroup;
-use super::poll::readable_until;
 use super::child::Child;
+use super::poll::readable_until;
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
 
