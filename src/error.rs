@@ -129,6 +129,21 @@ pub enum JobError {
     /// The job was cancelled; the reason, when known, follows the word.
     #[error("cancelled{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Cancelled(Option<CancelReason>),
+    /// A command of the job passed the job's memory limit: it was killed, with every
+    /// process it started.
+    #[error(
+        "`{command}` was killed: it reached its memory limit of {} (peak seen: {})",
+        crate::process::human_bytes(*limit),
+        crate::process::human_bytes(*peak)
+    )]
+    MemoryLimit {
+        /// The command line, shortened to 300 characters.
+        command: String,
+        /// The limit, in bytes.
+        limit: u64,
+        /// The most memory its processes were seen using at once, in bytes.
+        peak: u64,
+    },
 }
 
 /// Why the builder cancelled a job; part of the recorded error text.

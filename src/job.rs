@@ -13,9 +13,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::error::{CancelReason, JobError};
 use crate::process::{
-    self, AnyCommand, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions, Stream,
+    self, AnyCommand, CancelToken, CgroupSlot, CommandOutput, Containment, Limits, ProcessOptions,
+    ResourceUsage, Stream,
 };
 use crate::threads::{JobThread, Pool, SignalMask, Successor, POOL};
 
@@ -85,6 +88,9 @@ pub struct JobContext {
     options: ProcessOptions,
     gc_root_owner: Arc<str>,
     cgroups: Arc<CgroupSlot>,
+    memory_limit: Option<u64>,
+    /// What the job's commands used so far.
+    usage: Arc<Mutex<Option<ResourceUsage>>>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -157,7 +163,21 @@ impl JobContext {
             grace: self.grace,
             options,
             cgroups: &self.cgroups,
+            memory_limit: self.memory_limit,
+            usage: &self.usage,
         }
+    }
+
+    /// What the job's commands used so far, added up (the largest peak, the CPU times
+    /// summed); `None` while no command ran. See [`ResourceUsage`].
+    pub fn usage(&self) -> Option<ResourceUsage> {
+        *self.usage.lock()
+    }
+
+    /// The bytes of memory each command of the job may use (its processes together),
+    /// if there is a limit.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// [`run_with`](JobContext::run_with) for a short query that starts no process of
@@ -287,6 +307,7 @@ pub struct Job {
     logs: LogSink,
     gc_root_owner: Arc<str>,
     cgroups: Arc<CgroupSlot>,
+    memory_limit: Option<u64>,
     on_finished: Option<OnFinished>,
     cancel: Arc<CancelToken>,
     thread: Option<JobThread<Result<(), JobError>>>,
@@ -325,6 +346,7 @@ impl Job {
             }),
             gc_root_owner: Arc::from("standalone"),
             cgroups: Arc::default(),
+            memory_limit: None,
             on_finished: None,
             cancel: CancelToken::new(),
             thread: None,
@@ -357,6 +379,17 @@ impl Job {
     /// `"standalone"` by default.
     pub fn with_gc_root_owner(mut self, owner: &str) -> Job {
         self.gc_root_owner = Arc::from(owner);
+        self
+    }
+
+    /// Bounds the memory of each of the job's commands: a command whose processes use
+    /// more than `bytes` together is killed with all of them, and the job's command
+    /// fails with [`JobError::MemoryLimit`]. By the kernel (`memory.max`) where the
+    /// command's cgroup has the memory controller, otherwise by sampling their resident
+    /// memory every 50 ms (which may overshoot by what they allocate meanwhile). `None`
+    /// (the default): no limit.
+    pub fn with_memory_limit(mut self, bytes: Option<u64>) -> Job {
+        self.memory_limit = bytes;
         self
     }
 
@@ -438,6 +471,8 @@ impl Job {
             options: self.options.clone(),
             gc_root_owner: self.gc_root_owner.clone(),
             cgroups: self.cgroups.clone(),
+            memory_limit: self.memory_limit,
+            usage: Arc::default(),
         };
         let on_finished = self.on_finished.take();
         Some(move || {

@@ -46,6 +46,7 @@ use std::collections::VecDeque;
 
 use crate::error::{CancelReason, Error, JobError};
 use crate::executor::EvalOutput;
+use crate::process::ResourceUsage;
 use crate::status::{BuildReason, BuildStatus, EvalStatus, Provenance};
 
 /// Identifies one job (an evaluation or a build) for the machine's whole life.
@@ -81,6 +82,20 @@ pub enum Outcome {
     Failed(JobError),
 }
 
+/// A job's end as the machine takes it: how it ended, and what its commands used (the
+/// machine only carries that into the record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub usage: Option<ResourceUsage>,
+}
+
+impl From<Outcome> for Finished {
+    fn from(outcome: Outcome) -> Finished {
+        Finished { outcome, usage: None }
+    }
+}
+
 /// A change the driver writes to the store. `R` is the caller's evaluation request,
 /// carried untouched from [`Machine::eval`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +104,12 @@ pub enum Record<R> {
         uuid: String,
         request: R,
     },
-    /// A successful evaluation records where its result comes from.
+    /// A successful evaluation records where its result comes from; what the job's
+    /// commands used, if it ran any.
     EvalFinished {
         uuid: String,
         result: Result<(EvalOutput, Provenance), String>,
+        usage: Option<ResourceUsage>,
     },
     BuildStarted {
         uuid: String,
@@ -101,6 +118,7 @@ pub enum Record<R> {
     BuildFinished {
         uuid: String,
         result: Result<(), String>,
+        usage: Option<ResourceUsage>,
     },
 }
 
@@ -392,7 +410,8 @@ impl<R: Clone> Machine<R> {
 
     /// A job ended. Completions of jobs that are not running (stale, duplicated) are
     /// ignored and return false.
-    pub fn handle_finished(&mut self, job: JobId, outcome: Outcome) -> bool {
+    pub fn handle_finished(&mut self, job: JobId, finished: impl Into<Finished>) -> bool {
+        let Finished { outcome, usage } = finished.into();
         let Some(running) = self.running.take_if(|r| r.id == job) else { return false };
         let current = self.current.as_mut().expect("a running job has a current generation");
         let uuid = current.uuid.clone();
@@ -405,12 +424,12 @@ impl<R: Clone> Machine<R> {
             (JobKind::Eval, Outcome::Evaluated { output, already_built, provenance }) => {
                 current.eval = EvalStatus::Evaluated;
                 current.drv_path = output.drv_path.clone();
-                record(Record::EvalFinished { uuid: uuid.clone(), result: Ok((output, provenance)) });
+                record(Record::EvalFinished { uuid: uuid.clone(), result: Ok((output, provenance)), usage });
                 if already_built {
                     current.build = BuildStatus::Built;
                     let reason = BuildReason::AlreadyBuilt;
                     record(Record::BuildStarted { uuid: uuid.clone(), reason });
-                    record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) });
+                    record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()), usage: None });
                     Notification::BuildDone(uuid)
                 } else {
                     Notification::EvaluationDone(uuid)
@@ -418,12 +437,12 @@ impl<R: Clone> Machine<R> {
             }
             (JobKind::Eval, Outcome::Failed(e)) => {
                 current.eval = EvalStatus::Failed;
-                record(Record::EvalFinished { uuid: uuid.clone(), result: Err(error_text(&e)) });
+                record(Record::EvalFinished { uuid: uuid.clone(), result: Err(error_text(&e)), usage });
                 Notification::EvaluationDone(uuid)
             }
             (JobKind::Build, Outcome::Built) => {
                 current.build = BuildStatus::Built;
-                record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()) });
+                record(Record::BuildFinished { uuid: uuid.clone(), result: Ok(()), usage });
                 Notification::BuildDone(uuid)
             }
             (JobKind::Build, Outcome::Failed(e)) => {
@@ -434,7 +453,7 @@ impl<R: Clone> Machine<R> {
                 if let (JobError::Cancelled(_), Some(CancelReason::Suspended)) = (&e, &running.cancelled) {
                     current.build_wanted = true;
                 }
-                record(Record::BuildFinished { uuid: uuid.clone(), result: Err(error_text(&e)) });
+                record(Record::BuildFinished { uuid: uuid.clone(), result: Err(error_text(&e)), usage });
                 Notification::BuildDone(uuid)
             }
             (kind, outcome) => {
@@ -442,7 +461,7 @@ impl<R: Clone> Machine<R> {
                 // record it as a failure so the job still ends with its notification.
                 let e = JobError::Failed(format!("internal error: a {kind:?} job reported {outcome:?}"));
                 self.running = Some(running);
-                return self.handle_finished(job, Outcome::Failed(e));
+                return self.handle_finished(job, Finished { outcome: Outcome::Failed(e), usage });
             }
         };
         self.actions.push_back(Action::Notify(notification));
@@ -587,7 +606,7 @@ mod tests {
     }
 
     fn record(uuid: &str, result: Result<(), String>) -> Action<String> {
-        Action::Record(Record::BuildFinished { uuid: uuid.into(), result })
+        Action::Record(Record::BuildFinished { uuid: uuid.into(), result, usage: None })
     }
 
     #[test]
@@ -614,7 +633,11 @@ mod tests {
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok((output(), fresh())) }),
+                Action::Record(Record::EvalFinished {
+                    uuid: "g1".into(),
+                    result: Ok((output(), fresh())),
+                    usage: None
+                }),
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
         );
@@ -630,7 +653,11 @@ mod tests {
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Ok((output(), fresh())) }),
+                Action::Record(Record::EvalFinished {
+                    uuid: "g1".into(),
+                    result: Ok((output(), fresh())),
+                    usage: None
+                }),
                 Action::Record(Record::BuildStarted { uuid: "g1".into(), reason: BuildReason::AlreadyBuilt }),
                 record("g1", Ok(())),
                 Action::Notify(Notification::BuildDone("g1".into())),
@@ -654,7 +681,8 @@ mod tests {
                 actions[0],
                 Action::Record(Record::EvalFinished {
                     uuid: "g2".into(),
-                    result: Ok((output(), provenance))
+                    result: Ok((output(), provenance)),
+                    usage: None
                 })
             );
             let done = if already_built {
@@ -680,7 +708,8 @@ mod tests {
             [
                 Action::Record(Record::EvalFinished {
                     uuid: "g1".into(),
-                    result: Err("timed out after 2s".into())
+                    result: Err("timed out after 2s".into()),
+                    usage: None
                 }),
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
@@ -703,7 +732,7 @@ mod tests {
         assert_eq!(
             drain(&mut m),
             [
-                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err) }),
+                Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err), usage: None }),
                 Action::Notify(Notification::EvaluationDone("g1".into())),
             ]
         );
@@ -1020,7 +1049,10 @@ mod tests {
         drain(&mut m);
         let ended = end_cancelled(&mut m, job);
         let err = "cancelled: stopped".to_string();
-        assert_eq!(ended[0], Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err) }));
+        assert_eq!(
+            ended[0],
+            Action::Record(Record::EvalFinished { uuid: "g1".into(), result: Err(err), usage: None })
+        );
         assert_eq!(m.eval("g2", &"rs".into(), Some(before)), Err(Error::Stopped));
         assert_eq!(drain(&mut m), []);
         assert_eq!(m.generation_uuid(), Some("g1"), "g2 was never created");

@@ -911,3 +911,36 @@ fn odd_commands_run_as_std_runs_them() {
         }
     }
 }
+
+/// A command and what it starts run at the nice value of `ProcessOptions::nice`, on
+/// every way a command is started: genbuild's clone (cgroup, pidfd wait), std with its
+/// hook (the portable wait; a std command), std without a cgroup.
+#[test]
+fn commands_run_at_the_nice_value_asked_for() {
+    // Field 19 of /proc/PID/stat, of the shell and of a child it starts.
+    let script = "cut -d' ' -f19 /proc/$$/stat; sh -c 'cut -d\" \" -f19 /proc/$$/stat'";
+    for containment in containments("commands_run_at_the_nice_value_asked_for") {
+        for wait in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
+            let mut options = options(&containment, wait);
+            options.nice = Some(7);
+            let out = output_of(sh(script), options.clone()).unwrap();
+            assert_eq!(out, "7\n7\n", "{} {wait:?}", describe(&containment));
+            let mut std_command = std::process::Command::new("sh");
+            std_command.args(["-c", script]);
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let mut std_command = Some(std_command);
+            let mut job = Job::new(
+                move |ctx: &JobContext| {
+                    let _ = tx.send(ctx.run(std_command.take().expect("once")).map(|o| o.stdout));
+                    Ok(())
+                },
+                HANG,
+            )
+            .with_options(options);
+            job.start();
+            job.wait();
+            let out = rx.recv_timeout(HANG).unwrap().unwrap();
+            assert_eq!(out, "7\n7\n", "a std command, {} {wait:?}", describe(&containment));
+        }
+    }
+}

@@ -61,6 +61,8 @@ fn generation(g: &proto::Generation) -> Value {
         system_attr,
         build_reason,
         eval_reused_from,
+        eval_usage,
+        build_usage,
     } = g;
     json!({
         "uuid": uuid,
@@ -90,6 +92,17 @@ fn generation(g: &proto::Generation) -> Value {
         "system_attr": system_attr,
         "build_reason": build_reason,
         "eval_reused_from": eval_reused_from,
+        "eval_usage": eval_usage.as_ref().map(usage),
+        "build_usage": build_usage.as_ref().map(usage),
+    })
+}
+
+fn usage(u: &proto::ResourceUsage) -> Value {
+    let proto::ResourceUsage { peak_memory_bytes, cpu_ms, memory_limit_reached } = u;
+    json!({
+        "peak_memory_bytes": peak_memory_bytes,
+        "cpu_ms": cpu_ms,
+        "memory_limit_reached": memory_limit_reached,
     })
 }
 

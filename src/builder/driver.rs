@@ -37,7 +37,7 @@ use crate::error::{Error, JobError};
 use crate::executor::{EvalRequest, Executor};
 use crate::job::Job;
 use crate::machine::{
-    Action, GenerationView, JobId, Machine, Notification, Outcome, Record, Step, Until, Wait,
+    Action, Finished, GenerationView, JobId, Machine, Notification, Outcome, Record, Step, Until, Wait,
 };
 use crate::process::CgroupSlot;
 use crate::proto::{self, event, log_line};
@@ -283,9 +283,9 @@ impl Shared {
     /// Takes the next step of an `eval` waiting for this job, if it offered it (see the
     /// module documentation): the job that step starts is returned, to run next on this
     /// thread.
-    pub(super) fn finish(self: &Arc<Self>, job: JobId, outcome: Outcome) -> Option<Successor> {
+    pub(super) fn finish(self: &Arc<Self>, job: JobId, finished: Finished) -> Option<Successor> {
         let mut state = self.state.lock();
-        state.machine.handle_finished(job, outcome);
+        state.machine.handle_finished(job, finished);
         self.perform(&mut state);
         let mut successor = None;
         if let Some(offer) = state.hand_over.take_for(job) {
@@ -409,16 +409,23 @@ impl Shared {
         // Finished jobs are joined here; their threads have returned, so this does
         // not block.
         state.jobs.retain(|_, job| !job.is_finished());
-        let (phase, timeout, grace) = match task {
-            Task::Eval(_) => {
-                (log_line::Phase::Eval, self.config.eval_timeout, self.config.process.eval_kill_grace)
-            }
-            Task::Build { .. } => {
-                (log_line::Phase::Build, self.config.build_timeout, self.config.process.kill_grace)
-            }
+        let config = &self.config;
+        let (phase, timeout, grace, memory_limit) = match task {
+            Task::Eval(_) => (
+                log_line::Phase::Eval,
+                config.eval_timeout,
+                config.process.eval_kill_grace,
+                config.eval_memory_limit,
+            ),
+            Task::Build { .. } => (
+                log_line::Phase::Build,
+                config.build_timeout,
+                config.process.kill_grace,
+                config.build_memory_limit,
+            ),
         };
         let logs = self.subscribers.log_sink(id, uuid, phase);
-        let mut job = job_body::job(self, id, task, timeout, grace, logs);
+        let mut job = job_body::job(self, id, task, timeout, grace, logs).with_memory_limit(memory_limit);
         let successor = match here {
             Some(mask) => job.start_as_successor(mask),
             None => {
@@ -445,8 +452,8 @@ impl Shared {
                 store.generation_eval_started(new, &request);
                 (uuid, |g| event::Kind::EvalStarted(proto::EvalStarted { generation: Some(g) }))
             }
-            Record::EvalFinished { uuid, result } => {
-                store.generation_eval_finished(&uuid, &result);
+            Record::EvalFinished { uuid, result, usage } => {
+                store.generation_eval_finished(&uuid, &result, usage);
                 self.subscribers.job_ended(&uuid);
                 (uuid, |g| event::Kind::EvalFinished(proto::EvalFinished { generation: Some(g) }))
             }
@@ -454,8 +461,8 @@ impl Shared {
                 store.generation_build_started(&uuid, reason);
                 (uuid, |g| event::Kind::BuildStarted(proto::BuildStarted { generation: Some(g) }))
             }
-            Record::BuildFinished { uuid, result } => {
-                store.generation_build_finished(&uuid, &result);
+            Record::BuildFinished { uuid, result, usage } => {
+                store.generation_build_finished(&uuid, &result, usage);
                 self.subscribers.job_ended(&uuid);
                 (uuid, |g| event::Kind::BuildFinished(proto::BuildFinished { generation: Some(g) }))
             }

@@ -23,8 +23,8 @@ use super::reentry;
 use crate::error::JobError;
 use crate::executor::{EvalRequest, Executor};
 use crate::job::{Job, JobContext, LogSink};
-use crate::machine::{JobId, Outcome};
-use crate::process::Stream;
+use crate::machine::{Finished, JobId, Outcome};
+use crate::process::{ResourceUsage, Stream};
 use crate::status::Provenance;
 use crate::store::Store;
 
@@ -111,16 +111,22 @@ pub(super) fn job(
     kill_grace: Duration,
     logs: LogSink,
 ) -> Job {
-    let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
+    // The work leaves its outcome and what its commands used here, for the job's end.
+    let ended: Arc<Mutex<(Option<Outcome>, Option<ResourceUsage>)>> = Arc::default();
     let work = {
         // Only `on_finished` holds the builder strongly (see the comment there), so
         // that its last reference cannot go with the work, unmarked.
-        let (builder, outcome) = (Arc::downgrade(shared), outcome.clone());
+        let (builder, ended) = (Arc::downgrade(shared), ended.clone());
         let builder_id = shared.id;
         move |ctx: &JobContext| {
             let _inside = reentry::enter(builder_id, id);
             let shared = builder.upgrade().expect("on_finished holds the builder until the job ends");
-            *outcome.lock() = Some(task.run(&*shared.executor, &shared.store, ctx)?);
+            let outcome = task.run(&*shared.executor, &shared.store, ctx);
+            // A reused evaluation ran no evaluator: it reports no usage of its own.
+            let reused =
+                matches!(&outcome, Ok(Outcome::Evaluated { provenance: Provenance::Reused { .. }, .. }));
+            *ended.lock() = (None, ctx.usage().filter(|_| !reused));
+            ended.lock().0 = Some(outcome?);
             Ok(())
         }
     };
@@ -128,11 +134,12 @@ pub(super) fn job(
         let shared = shared.clone();
         move |result: &Result<(), JobError>| {
             let _inside = reentry::enter(shared.id, id);
+            let (outcome, usage) = std::mem::take(&mut *ended.lock());
             let outcome = match result {
-                Ok(()) => outcome.lock().take().expect("a job that succeeded left its outcome"),
+                Ok(()) => outcome.expect("a job that succeeded left its outcome"),
                 Err(e) => Outcome::Failed(e.clone()),
             };
-            let successor = shared.finish(id, outcome);
+            let successor = shared.finish(id, Finished { outcome, usage });
             // If the last handle was dropped by this job, this is the builder's last
             // reference: it must go while the thread is still marked as the job's, so
             // that the builder does not join this very thread (see `Shared`'s Drop).

@@ -70,6 +70,18 @@ pub struct BuilderConfig {
     pub eval_timeout: Duration,
     /// How long a build may run before it is killed. Any duration is accepted.
     pub build_timeout: Duration,
+    /// Bytes of memory each command of an evaluation may use, its processes together
+    /// (`nix-instantiate` or `nix eval`, which is what grows); past it the command is
+    /// killed and the evaluation fails: "… was killed: it reached its memory limit of
+    /// …". `None` (the default): no limit. Enforced by the kernel (`memory.max`) where
+    /// the commands' cgroups have the memory controller, by a watchdog sampling every
+    /// 50 ms elsewhere (it may overshoot by what is allocated in one interval): see
+    /// [`Job::with_memory_limit`](crate::Job::with_memory_limit).
+    pub eval_memory_limit: Option<u64>,
+    /// The same for each command of a build. Through a `nix-daemon`, the builders are
+    /// the daemon's children, outside the command's reach: the limit then bounds the
+    /// Nix client only.
+    pub build_memory_limit: Option<u64>,
     /// Grace periods, wait strategy and containment of the jobs' processes.
     pub process: ProcessOptions,
     /// The bytes of log lines and progress events queued for one subscriber beyond
@@ -81,8 +93,8 @@ pub struct BuilderConfig {
 impl BuilderConfig {
     /// A configuration for `hostname`'s system in the repository at
     /// `repository_path`, with the defaults: repository root, `nixosConfigurations`,
-    /// no submodules, 30 minute timeouts, [`ProcessOptions::default`], 16 MiB of
-    /// backlog per subscriber.
+    /// no submodules, 30 minute timeouts, no memory limits, [`ProcessOptions::default`],
+    /// 16 MiB of backlog per subscriber.
     pub fn new(hostname: impl Into<String>, repository_path: impl Into<PathBuf>) -> Self {
         BuilderConfig {
             hostname: hostname.into(),
@@ -92,6 +104,8 @@ impl BuilderConfig {
             submodules: false,
             eval_timeout: Duration::from_secs(30 * 60),
             build_timeout: Duration::from_secs(30 * 60),
+            eval_memory_limit: None,
+            build_memory_limit: None,
             process: ProcessOptions::default(),
             subscriber_backlog_bytes: 16 << 20,
         }

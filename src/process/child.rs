@@ -3,9 +3,10 @@
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use rustix::fd::OwnedFd;
-use rustix::process::{Pid, WaitOptions};
+use rustix::process::Pid;
 
 /// A started command, whoever started it.
 pub(super) enum Child {
@@ -47,20 +48,43 @@ impl Child {
 
     /// Blocks until the child exits and reaps it.
     pub(super) fn wait(&mut self) -> io::Result<ExitStatus> {
-        match self {
-            Child::Std(child) => child.wait(),
-            Child::Cloned(child) => reap(child.pid),
-        }
+        self.wait_with_usage().map(|(status, _)| status)
+    }
+
+    /// Blocks until the child exits and reaps it; with what the kernel counted of it.
+    pub(super) fn wait_with_usage(&mut self) -> io::Result<(ExitStatus, Reaped)> {
+        reap(self.pid())
     }
 }
 
-pub(super) fn reap(pid: Pid) -> io::Result<ExitStatus> {
+/// What the kernel counted of a reaped process (`wait4`'s `rusage`): the process and
+/// every descendant it waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Reaped {
+    /// User and system CPU time.
+    pub(super) cpu: Duration,
+    /// The largest resident set among them, in bytes.
+    pub(super) max_rss: u64,
+}
+
+/// Reaps `pid` (blocking until it exits), with its `rusage`.
+pub(super) fn reap(pid: Pid) -> io::Result<(ExitStatus, Reaped)> {
     loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        let mut status: libc::c_int = 0;
+        // SAFETY: a plain C struct the kernel fills.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: writes to the two locals only.
+        let reaped = unsafe { libc::wait4(pid.as_raw_nonzero().get(), &mut status, 0, &mut usage) };
+        if reaped < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
+        let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        let cpu = time(usage.ru_utime) + time(usage.ru_stime);
+        let max_rss = (usage.ru_maxrss as u64).saturating_mul(1024);
+        return Ok((ExitStatus::from_raw(status), Reaped { cpu, max_rss }));
     }
 }

@@ -57,8 +57,13 @@ pub(super) struct Target<'c> {
 
 /// Starts `cmd` in the cgroup `target`, in a process group of its own, stdin from
 /// `/dev/null`, stdout and stderr into pipes.
-pub(super) fn clone_into_cgroup(cmd: &Command, target: Target<'_>) -> Result<Child, CloneError> {
-    let plan = Plan::new(cmd).map_err(CloneError::Start)?;
+pub(super) fn clone_into_cgroup(
+    cmd: &Command,
+    target: Target<'_>,
+    nice: Option<i32>,
+) -> Result<Child, CloneError> {
+    let mut plan = Plan::new(cmd).map_err(CloneError::Start)?;
+    plan.nice = nice;
     plan.start(target)
 }
 
@@ -78,6 +83,8 @@ struct Plan {
     /// `/bin/sh`, the candidate (set by the child), then the arguments: what a script
     /// without `#!` is run with.
     sh_argv: Vec<*const libc::c_char>,
+    /// The nice value to take, if any.
+    nice: Option<i32>,
 }
 
 const SHELL: &std::ffi::CStr = c"/bin/sh";
@@ -119,6 +126,7 @@ impl Plan {
             cwd,
             script_fallback: Plan::script_fallback(cmd),
             sh_argv,
+            nice: None,
         })
     }
 
@@ -180,6 +188,7 @@ impl Plan {
                 failed(match step {
                     Step::Enter => CloneError::Enter(e),
                     Step::Group => CloneError::Start(with("cannot make it a process group")),
+                    Step::Nice => CloneError::Start(with("cannot set its nice value")),
                     Step::Stdio => CloneError::Start(with("cannot give it its stdin, stdout and stderr")),
                     Step::Cwd => CloneError::Start(with("cannot enter its working directory")),
                     Step::Exec => CloneError::Start(e),
@@ -228,6 +237,7 @@ fn candidates(program: &OsStr, path: Option<&OsString>) -> Vec<PathBuf> {
 enum Step {
     Enter,
     Group,
+    Nice,
     Stdio,
     Cwd,
     Exec,
@@ -466,6 +476,11 @@ extern "C" fn child_entry(data: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(data, Step::Group);
         }
+        if let Some(nice) = data.plan.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                fail(data, Step::Nice);
+            }
+        }
         for (target, source) in data.stdio.into_iter().enumerate() {
             if libc::dup2(source, target as libc::c_int) < 0 {
                 fail(data, Step::Stdio);
@@ -597,7 +612,7 @@ pub(super) mod tests {
 
     /// `cmd` started by [`clone_into_cgroup`] in `cgroup`: its stdout and status.
     fn run_in(cgroup: &Cgroup, cmd: &Command) -> Result<(String, ExitStatus), CloneError> {
-        let mut child = clone_into_cgroup(cmd, cgroup.target())?;
+        let mut child = clone_into_cgroup(cmd, cgroup.target(), None)?;
         let [stdout, _] = child.take_output();
         let mut out = String::new();
         std::fs::File::from(stdout.unwrap()).read_to_string(&mut out).unwrap();

@@ -47,6 +47,7 @@ mod poll;
 mod spawn;
 mod supervise;
 mod tree;
+mod usage;
 mod wait;
 mod wake;
 
@@ -61,6 +62,8 @@ use crate::error::{CancelReason, JobError};
 
 pub(crate) use cgroup::CgroupSlot;
 pub use command::{AnyCommand, Command};
+pub(crate) use usage::human_bytes;
+pub use usage::ResourceUsage;
 
 /// The output stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +154,12 @@ pub struct ProcessOptions {
     pub wait: WaitStrategy,
     /// How a command's processes are kept together.
     pub containment: Containment,
+    /// The nice value (-20 to 19) every command runs at, so that jobs never starve the
+    /// host's services; `None` (the default) keeps this process's. Set in the child
+    /// before `exec` (so also for what it starts), and as the command's `cpu.weight`
+    /// where its cgroup has the cpu controller. Raising priority (a negative value
+    /// below this process's) needs root or `CAP_SYS_NICE`.
+    pub nice: Option<i32>,
 }
 
 impl Default for ProcessOptions {
@@ -160,6 +169,7 @@ impl Default for ProcessOptions {
             eval_kill_grace: Duration::from_millis(100),
             wait: WaitStrategy::Pidfd,
             containment: Containment::Auto,
+            nice: None,
         }
     }
 }
@@ -228,6 +238,10 @@ pub(crate) struct Limits<'a> {
     pub options: &'a ProcessOptions,
     /// Where an empty cgroup waits for the next command.
     pub cgroups: &'a CgroupSlot,
+    /// Bytes of memory the command's processes may use together.
+    pub memory_limit: Option<u64>,
+    /// What the commands run under these limits used, added up.
+    pub usage: &'a Mutex<Option<ResourceUsage>>,
 }
 
 /// Runs `cmd` under `limits`, handing every line it prints to `on_line` on this thread,
@@ -249,8 +263,14 @@ pub(crate) fn run(
     }
     let cgroup =
         cgroup::Cgroup::for_command(&limits.options.containment, limits.cgroups).map_err(JobError::Failed)?;
+    let resources = cgroup::Resources { memory_limit: limits.memory_limit, nice: limits.options.nice };
+    let enforced = cgroup.as_ref().map(|c| c.apply(&resources)).unwrap_or_default();
+    let memory = if enforced.memory { "memory.max" } else { "the watchdog" };
+    if let Some(limit) = limits.memory_limit {
+        log::debug!("`{description}`: its memory limit of {} is enforced by {memory}", human_bytes(limit));
+    }
     let (child, cgroup) = spawn::start(cmd, cgroup, limits.options, &description)?;
-    supervise::supervise(child, cgroup, limits, on_line, description)
+    supervise::supervise(child, cgroup, enforced, limits, on_line, description)
 }
 
 /// The command line as a person would type it, shortened to stay readable in errors.

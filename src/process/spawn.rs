@@ -37,8 +37,8 @@ enum Way {
 }
 
 /// Starts `cmd` in `cgroup` if there is one, in a process group of its own, stdin
-/// closed, stdout and stderr piped; returns the cgroup it runs in (none if `Auto` had
-/// to start it without).
+/// closed, stdout and stderr piped, at the options' nice value; returns the cgroup it
+/// runs in (none if `Auto` had to start it without).
 pub(super) fn start(
     cmd: AnyCommand,
     cgroup: Option<Cgroup>,
@@ -46,18 +46,21 @@ pub(super) fn start(
     description: &str,
 ) -> Result<(Child, Option<Cgroup>), JobError> {
     let cannot_start = |e: io::Error| JobError::Failed(format!("cannot start `{description}`: {e}"));
+    let nice = options.nice;
     let way = match (&cmd.0, &cgroup, options.wait) {
-        (_, None, _) => Way::Std,
+        (_, None, _) if nice.is_none() => Way::Std,
+        (_, None, _) => Way::StdWithHook,
         (Kind::Genbuild(_), Some(_), WaitStrategy::Pidfd) => Way::Clone,
         (_, Some(_), _) => Way::StdWithHook,
     };
-    let (Way::Clone | Way::StdWithHook, Some(group)) = (way, cgroup) else {
+    let Some(group) = cgroup else {
         log::debug!("`{description}`: contained by its process tree");
-        return std_spawn(into_std(cmd), None).map(|child| (child, None)).map_err(cannot_start);
+        let hook = (way == Way::StdWithHook).then(|| Hook::new(None, nice));
+        return std_spawn(&mut into_std(cmd), hook).map(|child| (child, None)).map_err(cannot_start);
     };
     let auto = options.containment == Containment::Auto;
     let mut cmd = match (way, cmd.0) {
-        (Way::Clone, Kind::Genbuild(genbuild)) => match clone_into_cgroup(&genbuild, group.target()) {
+        (Way::Clone, Kind::Genbuild(genbuild)) => match clone_into_cgroup(&genbuild, group.target(), nice) {
             Ok(child) => return Ok(contained(child, group, description)),
             Err(CloneError::Start(e)) => return Err(cannot_start(e)),
             Err(CloneError::Enter(e)) if auto => {
@@ -66,7 +69,10 @@ pub(super) fn start(
                     group.dir().display()
                 );
                 drop(group);
-                return std_spawn(genbuild.to_std(), None).map(|child| (child, None)).map_err(cannot_start);
+                let hook = nice.map(|nice| Hook::new(None, Some(nice)));
+                return std_spawn(&mut genbuild.to_std(), hook)
+                    .map(|child| (child, None))
+                    .map_err(cannot_start);
             }
             Err(CloneError::Enter(e)) => return Err(cannot_start(e)),
             Err(CloneError::Unsupported(why)) => {
@@ -76,19 +82,20 @@ pub(super) fn start(
         },
         (_, kind) => into_std(AnyCommand(kind)),
     };
-    let hook = group.entry_hook().map_err(|e| {
+    let entry = group.entry_hook().map_err(|e| {
         JobError::Failed(format!("cannot start `{description}`: cannot open its cgroup's cgroup.procs: {e}"))
     })?;
-    match std_spawn_ref(&mut cmd, Some(hook.clone())) {
+    match std_spawn(&mut cmd, Some(Hook::new(Some(entry.clone()), nice))) {
         Ok(child) => Ok(contained(child, group, description)),
         Err(e) if auto => {
             log::debug!(
                 "`{description}` could not start inside cgroup {} ({e}); trying without",
                 group.dir().display()
             );
-            hook.disable();
+            // The hook stays on the Command: it only sets the nice value from now on.
+            entry.disable();
             drop(group);
-            std_spawn_ref(&mut cmd, None).map(|child| (child, None)).map_err(cannot_start)
+            std_spawn(&mut cmd, None).map(|child| (child, None)).map_err(cannot_start)
         }
         Err(e) => Err(cannot_start(e)),
     }
@@ -107,19 +114,48 @@ fn into_std(cmd: AnyCommand) -> std::process::Command {
     }
 }
 
-fn std_spawn(mut cmd: std::process::Command, hook: Option<Arc<EntryHook>>) -> io::Result<Child> {
-    std_spawn_ref(&mut cmd, hook)
+/// What a child started by std does between `fork` and `exec`: take its nice value,
+/// enter its cgroup.
+struct Hook {
+    entry: Option<Arc<EntryHook>>,
+    nice: Option<i32>,
 }
 
-/// std's spawn of `cmd` with the protocol's stdio and process group, entering the
-/// cgroup of `hook` before `exec` if there is one.
-fn std_spawn_ref(cmd: &mut std::process::Command, hook: Option<Arc<EntryHook>>) -> io::Result<Child> {
+impl Hook {
+    fn new(entry: Option<Arc<EntryHook>>, nice: Option<i32>) -> Hook {
+        Hook { entry, nice }
+    }
+
+    /// Async-signal-safe: system calls and an atomic load, no allocation, no lock.
+    fn run(&self) -> io::Result<()> {
+        if let Some(nice) = self.nice {
+            set_nice(nice)?;
+        }
+        match &self.entry {
+            Some(entry) => entry.enter(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sets the calling process's nice value (`setpriority`, which nice(2) is relative).
+fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: a system call on the calling process only.
+    match unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// std's spawn of `cmd` with the protocol's stdio and process group, running `hook`
+/// before `exec` if there is one.
+fn std_spawn(cmd: &mut std::process::Command, hook: Option<Hook>) -> io::Result<Child> {
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(hook) = hook {
-        // SAFETY: the hook makes one atomic load and one write(2) on an fd it owns
-        // (open as long as the hook, which the Command holds): async-signal-safe, no
-        // allocation, no lock.
-        unsafe { cmd.pre_exec(move || hook.enter()) };
+        // SAFETY: `Hook::run` makes system calls (setpriority, one write(2) on an fd the
+        // hook owns, open as long as the Command holds the hook) and an atomic load:
+        // async-signal-safe, no allocation, no lock.
+        unsafe { cmd.pre_exec(move || hook.run()) };
     }
     cmd.spawn().map(Child::Std)
 }

@@ -11,11 +11,12 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::Signal;
 
-use super::cgroup::Cgroup;
-use super::child::Child;
+use super::cgroup::{Cgroup, Enforced};
+use super::child::{Child, Reaped};
 use super::pipes::{Output, Pipe, MAX_LINE};
 use super::poll::{poll_until, Polled};
 use super::tree::{self, ProcId};
+use super::usage::{ResourceUsage, Watchdog};
 use super::wait::{self, ExitWatch, REAP_LIMIT};
 use super::{deadline_after, CommandOutput, Limits, Stream};
 use crate::error::{CommandFailure, Exit, JobError};
@@ -35,6 +36,8 @@ enum Cause {
     Exited,
     Cancelled,
     TimedOut,
+    /// The watchdog saw its processes pass the memory limit.
+    MemoryLimit,
     /// `poll` failed: the command can no longer be watched, so it is stopped.
     PollFailed(Errno),
 }
@@ -47,6 +50,7 @@ impl Cause {
             Woke::Exited => Cause::Exited,
             Woke::Cancelled => Cause::Cancelled,
             Woke::Deadline => Cause::TimedOut,
+            Woke::MemoryLimit => Cause::MemoryLimit,
             Woke::PollFailed(e) => Cause::PollFailed(e),
             Woke::PipesClosed => unreachable!("a running command's pump does not wait for its pipes"),
         }
@@ -70,12 +74,14 @@ enum Woke {
     Cancelled,
     Deadline,
     PipesClosed,
+    MemoryLimit,
     PollFailed(Errno),
 }
 
 pub(super) fn supervise(
     mut child: Child,
     cgroup: Option<Cgroup>,
+    enforced: Enforced,
     limits: &Limits<'_>,
     on_line: &mut dyn FnMut(Stream, &str),
     description: String,
@@ -90,6 +96,8 @@ pub(super) fn supervise(
     };
     let [stdout, stderr] = child.take_output();
     let pipes = [stdout.map(|p| Pipe::new(Stream::Stdout, p)), stderr.map(|p| Pipe::new(Stream::Stderr, p))];
+    let cpu_before = cgroup.as_ref().and_then(Cgroup::cpu_used);
+    let watchdog = Watchdog::new(limits.memory_limit.filter(|_| !enforced.memory));
     Supervisor {
         child: Some(child),
         watch,
@@ -100,6 +108,9 @@ pub(super) fn supervise(
         limits,
         description,
         known: HashSet::new(),
+        watchdog,
+        cpu_before,
+        reaped: None,
     }
     .run()
 }
@@ -117,19 +128,30 @@ struct Supervisor<'o, 'l> {
     description: String,
     /// Without a cgroup: the processes seen below the command.
     known: HashSet<ProcId>,
+    /// Samples the command's memory while a limit is the watchdog's to enforce.
+    watchdog: Watchdog,
+    /// What its cgroup had used before the command (a kept cgroup's earlier commands).
+    cpu_before: Option<Duration>,
+    /// What the kernel counted of the reaped leader.
+    reaped: Option<Reaped>,
 }
 
 impl Supervisor<'_, '_> {
     fn run(mut self) -> Result<CommandOutput, JobError> {
-        let cause = Cause::of(self.pump(Some(self.limits.deadline), Phase::Running));
-        if cause != Cause::Exited {
-            self.terminate();
+        let mut cause = Cause::of(self.pump(Some(self.limits.deadline), Phase::Running));
+        if matches!(cause, Cause::Cancelled | Cause::TimedOut | Cause::PollFailed(_))
+            && self.terminate() == Woke::MemoryLimit
+        {
+            cause = Cause::MemoryLimit;
         }
         self.kill_everything();
         let status = self.reap();
         let stuck = status.is_none()
             || self.cgroup.as_ref().is_some_and(|cgroup| !cgroup.kill_until_empty(REAP_LIMIT));
         self.drain();
+        let oom_killed = self.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+        let usage = self.usage(cause == Cause::MemoryLimit || oom_killed);
+        self.limits.usage.lock().get_or_insert_with(ResourceUsage::default).add(&usage);
         let (child, cgroup) = (self.child.take(), self.cgroup.take());
         if stuck {
             wait::hand_off(child, cgroup, &self.description);
@@ -140,21 +162,60 @@ impl Supervisor<'_, '_> {
         }
         let description = std::mem::take(&mut self.description);
         let output = self.output.finish(&description);
+        if usage.memory_limit_reached && cause != Cause::Cancelled {
+            let limit = self.limits.memory_limit.unwrap_or_default();
+            return Err(JobError::MemoryLimit { command: description, limit, peak: usage.peak_memory_bytes });
+        }
         outcome(cause, status, description, output, self.limits)
     }
 
-    /// Cancel or timeout: SIGTERM to the group, the grace, then SIGKILL to everything.
-    fn terminate(&mut self) {
-        let Some(pid) = self.child.as_ref().map(Child::pid) else { return };
+    /// What the command used: the cgroup's counters where they count (its CPU time, its
+    /// peak where the memory controller keeps one), the reaped leader's `rusage`, the
+    /// watchdog's samples.
+    fn usage(&self, memory_limit_reached: bool) -> ResourceUsage {
+        let reaped = self.reaped.unwrap_or_default();
+        let cgroup_cpu = self
+            .cgroup
+            .as_ref()
+            .and_then(Cgroup::cpu_used)
+            .map(|after| after.saturating_sub(self.cpu_before.unwrap_or_default()));
+        let cgroup_peak = self.cgroup.as_ref().and_then(Cgroup::memory_peak).unwrap_or(0);
+        ResourceUsage {
+            peak_memory_bytes: reaped.max_rss.max(self.watchdog.peak).max(cgroup_peak),
+            cpu_time: cgroup_cpu.map_or(reaped.cpu, |cpu| cpu.max(reaped.cpu)),
+            memory_limit_reached,
+        }
+    }
+
+    /// The processes of the command now: its cgroup's, or its process tree and group.
+    fn processes(&self) -> Vec<rustix::process::Pid> {
+        use rustix::process::Pid;
+        let Some(leader) = self.child.as_ref().map(Child::pid) else { return Vec::new() };
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.listed().unwrap_or_else(|_| vec![leader]);
+        }
+        let leader = leader.as_raw_nonzero().get();
+        let mut roots: HashSet<ProcId> = tree::group_members(leader).into_iter().collect();
+        roots.insert(tree::proc_id(leader));
+        let below = tree::descendants(&roots);
+        roots.into_iter().chain(below).filter_map(|(pid, _)| Pid::from_raw(pid)).collect()
+    }
+
+    /// Cancel or timeout: SIGTERM to the group, then the grace (cut short by the memory
+    /// limit); SIGKILL to everything comes next. What ended the grace.
+    fn terminate(&mut self) -> Woke {
+        let Some(pid) = self.child.as_ref().map(Child::pid) else { return Woke::Exited };
         if self.cgroup.is_none() {
             // Before the first signal: a builder whose parent dies is lost to later walks.
             self.known = tree::descendants(&[tree::proc_id(pid.as_raw_nonzero().get())].into());
         }
         log::debug!("terminating `{}` (pid {pid})", self.description);
         let _ = rustix::process::kill_process_group(pid, Signal::TERM);
-        if let Woke::PollFailed(e) = self.pump(deadline_after(self.limits.grace), Phase::Terminating) {
+        let woke = self.pump(deadline_after(self.limits.grace), Phase::Terminating);
+        if let Woke::PollFailed(e) = woke {
             log::error!("cannot poll for the exit of `{}` ({e}): killing it now", self.description);
         }
+        woke
     }
 
     /// SIGKILL to whatever is left: the cgroup, or the tree below the known processes and
@@ -200,11 +261,12 @@ impl Supervisor<'_, '_> {
     /// The leader's status, once it exited within [`REAP_LIMIT`]; `None` if it did not.
     fn reap(&mut self) -> Option<std::io::Result<ExitStatus>> {
         let child = self.child.as_mut()?;
-        let status = self.watch.reap(child, REAP_LIMIT);
-        if status.is_some() {
-            self.child = None;
-        }
-        status
+        let reaped = self.watch.reap(child, REAP_LIMIT)?;
+        self.child = None;
+        Some(reaped.map(|(status, usage)| {
+            self.reaped = usage;
+            status
+        }))
     }
 
     /// Reads the pipes to their end; past [`PIPE_GRACE`], kills their holders and closes
@@ -246,11 +308,17 @@ impl Supervisor<'_, '_> {
             if phase == Phase::Draining && self.pipes.is_empty() {
                 return Woke::PipesClosed;
             }
+            if phase != Phase::Draining && self.watchdog.is_due() && self.watchdog.sample(self.processes()) {
+                return Woke::MemoryLimit;
+            }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Woke::Deadline;
             }
             let cancel_fd = cancel.wake().map(|w| w.fd()).filter(|_| phase == Phase::Running);
             let mut wake_at = deadline;
+            if let Some(sample) = self.watchdog.due().filter(|_| phase != Phase::Draining) {
+                wake_at = Some(wake_at.map_or(sample, |at| at.min(sample)));
+            }
             if phase == Phase::Running && cancel_fd.is_none() {
                 let check = Instant::now() + CANCEL_CHECK;
                 wake_at = Some(wake_at.map_or(check, |at| at.min(check)));
@@ -310,6 +378,7 @@ fn outcome(
     match (cause, status) {
         (Cause::Cancelled, _) => Err(limits.cancel.error()),
         (Cause::TimedOut, _) => Err(JobError::TimedOut(limits.timeout)),
+        (Cause::MemoryLimit, _) => unreachable!("a command killed for its memory is reported before"),
         (Cause::PollFailed(e), _) => Err(JobError::Failed(format!(
             "cannot watch `{description}` any longer (poll failed: {e}); it was stopped"
         ))),
@@ -364,6 +433,8 @@ mod tests {
             grace: Duration::ZERO,
             options: &options,
             cgroups: &super::super::CgroupSlot::default(),
+            memory_limit: None,
+            usage: &Default::default(),
         };
         let killed = Some(Ok(ExitStatus::from_raw(9)));
         let result =

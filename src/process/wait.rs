@@ -24,7 +24,7 @@ use std::time::Duration;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::cgroup::Cgroup;
-use super::child::Child;
+use super::child::{Child, Reaped};
 use super::poll::readable_until;
 use super::wake::Wake;
 use super::{deadline_after, WaitStrategy};
@@ -108,13 +108,20 @@ impl ExitWatch {
         }
     }
 
-    /// Reaps `child` if it exits within `limit`; `None` if it does not.
-    pub(super) fn reap(&mut self, child: &mut Child, limit: Duration) -> Option<io::Result<ExitStatus>> {
+    /// Reaps `child` if it exits within `limit`, with what the kernel counted of it
+    /// (not known for a command the portable wait had not seen exit, which
+    /// `wait-timeout` reaps); `None` if it does not exit.
+    pub(super) fn reap(
+        &mut self,
+        child: &mut Child,
+        limit: Duration,
+    ) -> Option<io::Result<(ExitStatus, Option<Reaped>)>> {
         if let (ExitWatch::Thread { exited: false, .. }, Child::Std(child)) = (&self, &mut *child) {
             use wait_timeout::ChildExt;
-            return child.wait_timeout(limit).transpose();
+            return child.wait_timeout(limit).transpose().map(|status| status.map(|s| (s, None)));
         }
-        self.wait_exit(Some(limit)).then(|| child.wait())
+        self.wait_exit(Some(limit))
+            .then(|| child.wait_with_usage().map(|(status, usage)| (status, Some(usage))))
     }
 }
 
@@ -248,7 +255,7 @@ mod tests {
         for strategy in [WaitStrategy::Pidfd, WaitStrategy::Portable] {
             let mut child = Child::Std(Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap());
             let mut watch = ExitWatch::new(&mut child, strategy).unwrap();
-            let status = watch.reap(&mut child, Duration::from_secs(10)).expect("exited").unwrap();
+            let (status, _) = watch.reap(&mut child, Duration::from_secs(10)).expect("exited").unwrap();
             assert_eq!(status.code(), Some(3), "{strategy:?}");
         }
     }

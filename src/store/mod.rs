@@ -61,6 +61,7 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::executor::EvalOutput;
+use crate::process::ResourceUsage;
 use crate::proto::{self, status, Generation, ReusableEvaluation, StoreState};
 use crate::status::BuildReason;
 use crate::status::Provenance;
@@ -270,6 +271,7 @@ impl Store {
         &self,
         uuid: &str,
         result: &Result<(EvalOutput, Provenance), String>,
+        usage: Option<ResourceUsage>,
     ) {
         self.change(|data, index| {
             data.last_eval_finished = uuid.to_string();
@@ -291,6 +293,7 @@ impl Store {
             }
             let Some(g) = find(data, uuid) else { return };
             g.eval_ended_at = Some(now());
+            g.eval_usage = usage.map(to_proto);
             match result {
                 Ok((output, provenance)) => {
                     g.eval_status = status::EVALUATED.into();
@@ -318,16 +321,23 @@ impl Store {
             g.build_started_at = Some(now());
             g.build_ended_at = None;
             g.build_err.clear();
+            g.build_usage = None;
             g.build_reason = reason.as_str().into();
         });
     }
 
     /// Records the end of generation `uuid`'s build.
-    pub(crate) fn generation_build_finished(&self, uuid: &str, result: &Result<(), String>) {
+    pub(crate) fn generation_build_finished(
+        &self,
+        uuid: &str,
+        result: &Result<(), String>,
+        usage: Option<ResourceUsage>,
+    ) {
         self.change(|data, _| {
             data.last_build_finished = uuid.to_string();
             let Some(g) = find(data, uuid) else { return };
             g.build_ended_at = Some(now());
+            g.build_usage = usage.map(to_proto);
             match result {
                 Ok(()) => g.build_status = status::BUILT.into(),
                 Err(e) => {
@@ -420,6 +430,15 @@ fn collect_garbage(data: &mut StoreState) {
     data.generations.retain(|g| keep.contains(&g.uuid));
 }
 
+/// A job's usage as the wire format spells it.
+fn to_proto(usage: ResourceUsage) -> proto::ResourceUsage {
+    proto::ResourceUsage {
+        peak_memory_bytes: usage.peak_memory_bytes,
+        cpu_ms: u64::try_from(usage.cpu_time.as_millis()).unwrap_or(u64::MAX),
+        memory_limit_reached: usage.memory_limit_reached,
+    }
+}
+
 fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now())
 }
@@ -446,13 +465,13 @@ mod tests {
             out_path: "/o".into(),
             machine_id: "m".into(),
         };
-        store.generation_eval_finished(uuid, &Ok((out, Provenance::Evaluated { key: None })));
+        store.generation_eval_finished(uuid, &Ok((out, Provenance::Evaluated { key: None })), None);
     }
 
     fn built(store: &Store, uuid: &str) {
         evaluated(store, uuid);
         store.generation_build_started(uuid, BuildReason::NeedBuild);
-        store.generation_build_finished(uuid, &Ok(()));
+        store.generation_build_finished(uuid, &Ok(()), None);
     }
 
     #[test]
@@ -460,7 +479,7 @@ mod tests {
         let store = Store::new();
         started(&store, "a");
         assert_eq!(store.generation("a").unwrap().eval_status, status::EVALUATING);
-        store.generation_eval_finished("a", &Err("boom".into()));
+        store.generation_eval_finished("a", &Err("boom".into()), None);
         let g = store.generation("a").unwrap();
         assert_eq!((g.eval_status.as_str(), g.eval_err.as_str()), (status::FAILED, "boom"));
         evaluated(&store, "b");
@@ -470,7 +489,7 @@ mod tests {
             (g.build_status.as_str(), g.build_reason.as_str()),
             (status::BUILDING, "need to be built")
         );
-        store.generation_build_finished("b", &Ok(()));
+        store.generation_build_finished("b", &Ok(()), None);
         let g = store.generation("b").unwrap();
         assert_eq!(
             (g.eval_status.as_str(), g.build_status.as_str(), g.machine_id.as_str()),
@@ -551,7 +570,7 @@ mod tests {
         std::fs::remove_file(&sub).unwrap();
         std::fs::rename(&aside, &sub).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before, "the old file is whole");
-        store.generation_build_finished("a", &Ok(()));
+        store.generation_build_finished("a", &Ok(()), None);
         assert!(store.last_error().is_none(), "the next write catches up");
         assert_eq!(Store::open(&path).unwrap().generation("a").unwrap().build_status, status::BUILT);
     }
@@ -563,7 +582,11 @@ mod tests {
             out_path: "/o".into(),
             machine_id: "m".into(),
         };
-        store.generation_eval_finished(uuid, &Ok((out, Provenance::Evaluated { key: Some(key.into()) })));
+        store.generation_eval_finished(
+            uuid,
+            &Ok((out, Provenance::Evaluated { key: Some(key.into()) })),
+            None,
+        );
     }
 
     #[test]
@@ -577,7 +600,7 @@ mod tests {
         let (from, output) = store.reusable_evaluation("ka").expect("kept");
         assert_eq!((from.as_str(), output.drv_path.as_str()), ("a", "/nix/store/a.drv"));
         let reused = Ok((output, Provenance::Reused { key: "ka".into(), from: from.clone() }));
-        store.generation_eval_finished("c", &reused);
+        store.generation_eval_finished("c", &reused, None);
         assert_eq!(store.generation("c").unwrap().eval_reused_from, "a");
         let keys = |store: &Store| -> Vec<(String, String)> {
             store.reusable_evaluations().into_iter().map(|e| (e.key, e.source_uuid)).collect()
@@ -597,7 +620,7 @@ mod tests {
         // A failed evaluation and one without a key are never kept.
         let store = Store::new();
         started(&store, "f");
-        store.generation_eval_finished("f", &Err("boom".into()));
+        store.generation_eval_finished("f", &Err("boom".into()), None);
         evaluated(&store, "n");
         assert!(store.reusable_evaluations().is_empty());
     }

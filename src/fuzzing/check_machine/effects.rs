@@ -63,8 +63,8 @@ impl MachineDriver {
                 self.newest = Some(uuid.clone());
                 Ev::EvalStarted(uuid)
             }
-            Record::EvalFinished { uuid, result } => {
-                self.records.generation_eval_finished(&uuid, &result);
+            Record::EvalFinished { uuid, result, usage } => {
+                self.records.generation_eval_finished(&uuid, &result, usage);
                 let g = self.stored(&uuid);
                 if g.eval != EvalStatus::Evaluating {
                     self.fail(
@@ -103,8 +103,8 @@ impl MachineDriver {
                 self.store.get_mut(&uuid).expect("checked above").build = BuildStatus::Building;
                 Ev::BuildStarted(uuid, reason.as_str())
             }
-            Record::BuildFinished { uuid, result } => {
-                self.records.generation_build_finished(&uuid, &result);
+            Record::BuildFinished { uuid, result, usage } => {
+                self.records.generation_build_finished(&uuid, &result, usage);
                 if self.stored(&uuid).build != BuildStatus::Building {
                     self.fail("a build finishes once, after it started", &uuid);
                 }

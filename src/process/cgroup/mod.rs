@@ -44,8 +44,10 @@ use super::fds::above_stdio;
 use super::poll::{poll_until, Polled};
 use super::{deadline_after, Containment};
 
+mod resources;
 mod slot;
 
+pub(super) use resources::{Enforced, Resources};
 use slot::sweep_dead_owners;
 pub(crate) use slot::CgroupSlot;
 
@@ -59,6 +61,9 @@ pub(super) struct Cgroup {
     files: Option<Files>,
     /// Once `cgroup.kill` was written: Linux 6.18 kills children cloned into it.
     killed: AtomicBool,
+    /// Once the kernel enforced a memory limit: its peak and events are the command's,
+    /// so it is not kept for the next.
+    memory_enforced: AtomicBool,
     /// Removed, or deliberately left in place: nothing for the drop to do.
     removed: bool,
 }
@@ -174,6 +179,7 @@ impl Cgroup {
     /// kill all its processes.
     pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
         sweep_dead_owners(parent);
+        resources::enable_controllers(parent);
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut attempts = 0;
         loop {
@@ -232,7 +238,13 @@ impl Cgroup {
             Err(e) => return Err(e),
         };
         let files = Files { dir_fd, procs, procs_read, events, stat, killer };
-        Ok(Cgroup { dir, files: Some(files), killed: AtomicBool::new(false), removed: false })
+        Ok(Cgroup {
+            dir,
+            files: Some(files),
+            killed: AtomicBool::new(false),
+            memory_enforced: AtomicBool::new(false),
+            removed: false,
+        })
     }
 
     fn files(&self) -> &Files {
@@ -257,7 +269,7 @@ impl Cgroup {
     /// Empty (the caller made sure), not frozen, no cgroup below it, and never killed
     /// with `cgroup.kill`: as created.
     pub(super) fn reusable(&self) -> bool {
-        if self.killed.load(Ordering::Relaxed) {
+        if self.killed.load(Ordering::Relaxed) || self.memory_enforced.load(Ordering::Relaxed) {
             return false;
         }
         let (Ok(events), Ok(stat)) = (read_at_start(&self.files().events), read_at_start(&self.files().stat))
@@ -337,7 +349,7 @@ impl Cgroup {
     }
 
     /// The processes in the cgroup and below it.
-    fn listed(&self) -> io::Result<Vec<Pid>> {
+    pub(super) fn listed(&self) -> io::Result<Vec<Pid>> {
         let mut pids = parse_pids(&read_all(&self.files().procs_read)?);
         // Cgroups a command running as root created below its own.
         for entry in fs::read_dir(&self.dir)? {
@@ -452,6 +464,7 @@ impl Drop for Cgroup {
                     dir: self.dir.clone(),
                     files: self.files.take(),
                     killed: AtomicBool::new(self.killed.load(Ordering::Relaxed)),
+                    memory_enforced: AtomicBool::new(false),
                     removed: false,
                 };
                 super::wait::hand_off(None, Some(cgroup), "an abandoned command");
@@ -732,6 +745,8 @@ pub(super) mod tests {
             grace: Duration::from_millis(100),
             options: &options,
             cgroups: &CgroupSlot::default(),
+            memory_limit: None,
+            usage: &Default::default(),
         };
         let mut lines = Vec::new();
         let result = super::super::run(cmd.into(), &limits, &mut |_, line| {
