@@ -56,6 +56,18 @@ type Config struct {
 	// NixOptions are passed as `--option NAME VALUE` to every Nix call, in order:
 	// "substituters", "max-jobs", "builders", …
 	NixOptions []NixOption
+	// EvalMemoryLimit bounds, in bytes, the memory each command of an evaluation may
+	// use (its processes together); past it the command is killed and the
+	// evaluation fails ("… was killed: it reached its memory limit of …"). 0: no
+	// limit. The kernel enforces it where the commands' cgroups have the memory
+	// controller; elsewhere genbuild samples every 50 ms (it may overshoot by what is
+	// allocated in one interval).
+	EvalMemoryLimit uint64
+	// BuildMemoryLimit is the same for each command of a build. Through a
+	// nix-daemon it bounds the Nix client only.
+	BuildMemoryLimit uint64
+	// Nice is the nice value (-20 to 19) every command runs at; 0: this process's.
+	Nice int
 }
 
 // NixOption is one Nix setting, e.g. {"sandbox", "false"}; Value may be empty.
@@ -172,6 +184,12 @@ func (cfg *Config) toC() (*cConfig, error) {
 	c.gc_root_dir = v.str("GCRootDir", cfg.GCRootDir, false)
 	c.nix_bin_dir = v.str("NixBinDir", cfg.NixBinDir, false)
 	c.machine_id_attr = v.str("MachineIDAttr", cfg.MachineIDAttr, false)
+	c.eval_memory_limit_bytes = C.uint64_t(cfg.EvalMemoryLimit)
+	c.build_memory_limit_bytes = C.uint64_t(cfg.BuildMemoryLimit)
+	if cfg.Nice < -20 || cfg.Nice > 19 {
+		v.fail(invalid("New", "Config.Nice is not a nice value (-20 to 19): %d", cfg.Nice))
+	}
+	c.nice = C.int32_t(cfg.Nice)
 	if n := len(cfg.NixOptions); n > 0 {
 		size := n * int(unsafe.Sizeof((*C.char)(nil)))
 		names := unsafe.Slice((**C.char)(cc.alloc(size)), n)

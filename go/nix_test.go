@@ -6,6 +6,7 @@ package genbuild
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -378,6 +379,35 @@ func TestConfigReachesNix(t *testing.T) {
 		t.Errorf("a build of 300 s with a timeout of 300 ms: %s: %s", g.BuildStatus, g.BuildErr)
 	}
 	assertNoProcess(t, sleepMarker(r.nonce), "after the build timed out")
+}
+
+// Config.EvalMemoryLimit: an evaluation past it is killed and says so, with what it
+// used; Config.Nice out of range is refused.
+func TestMemoryLimitAndUsage(t *testing.T) {
+	requireNix(t)
+	r := newRepo(t)
+	hog := r.commitFile("default.nix", fmt.Sprintf("{ machine = { toplevel = derivation { name = \"hog\"; system = builtins.currentSystem; builder = \"/bin/sh\"; nonce = %s; work = builtins.deepSeq (builtins.genList (x: toString x) 3000000) true; args = [ \"-c\" \"echo > $out\" ]; }; }; }\n", nixStr(r.nonce)))
+	cfg := r.config()
+	cfg.EvalMemoryLimit = 128 << 20
+	cfg.Nice = 5
+	// Carries the nonce into the evaluator's command line, for the check that none is left.
+	cfg.NixOptions = append(cfg.NixOptions, NixOption{"system-features", "nonce-" + r.nonce})
+	b := newBuilder(t, cfg, "nonce-"+r.nonce)
+	uuid, err := b.Eval(rs(hog))
+	if err != nil {
+		t.Fatalf("Eval: %v", err)
+	}
+	g := waitFor(t, b, "EvalFinished", uuid)
+	if g.EvalStatus != "failed" || !strings.Contains(g.EvalErr, "was killed: it reached its memory limit of 128 MiB") {
+		t.Errorf("an evaluation past its limit: %s: %s", g.EvalStatus, g.EvalErr)
+	}
+	if u := g.EvalUsage; u == nil || !u.MemoryLimitReached || u.PeakMemoryBytes <= 128<<20 {
+		t.Errorf("eval_usage of a killed evaluation: %v", u)
+	}
+	cfg.Nice = 20
+	if _, err := New(cfg); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Nice 20: %v", err)
+	}
 }
 
 // Config.Flake: a flake is evaluated and built with nix eval and nix build.

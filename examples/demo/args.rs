@@ -35,6 +35,13 @@ Options:
                        the derivation and the built system from Nix's garbage
                        collector (default /nix/var/nix/gcroots/genbuild-demo; the
                        next run replaces them)
+  --eval-memory-limit SIZE
+                       the memory an evaluation may use (its processes together):
+                       past it, it is killed and fails; SIZE in bytes, or with
+                       K, M, G (KiB, MiB, GiB): 2G, 512M
+  --build-memory-limit SIZE
+                       the same for a build
+  --nice N             the nice value (-20 to 19) Nix runs at
   --json               print the final builder state as JSON on stdout (progress and
                        logs go to stderr); timestamps are RFC 3339 strings in UTC
   -h, --help           this text
@@ -65,6 +72,10 @@ pub struct Args {
     /// `--option` pairs, in the order given.
     pub options: Vec<(String, String)>,
     pub gc_roots: Option<PathBuf>,
+    /// `--eval-memory-limit` and `--build-memory-limit`, in bytes.
+    pub eval_memory_limit: Option<u64>,
+    pub build_memory_limit: Option<u64>,
+    pub nice: Option<i32>,
 }
 
 /// A repository of yours, and what to evaluate in it.
@@ -109,6 +120,17 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String
                 args.options.push((name, setting));
             }
             Long("gc-roots") => args.gc_roots = Some(PathBuf::from(value(&mut parser)?)),
+            Long("eval-memory-limit") => args.eval_memory_limit = Some(size(&value(&mut parser)?)?),
+            Long("build-memory-limit") => args.build_memory_limit = Some(size(&value(&mut parser)?)?),
+            Long("nice") => {
+                let n = value(&mut parser)?;
+                args.nice = Some(
+                    n.parse()
+                        .ok()
+                        .filter(|n| (-20..=19).contains(n))
+                        .ok_or(format!("--nice {n}: -20 to 19"))?,
+                );
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -138,6 +160,21 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String
     }
     args.target = Some(Target { repo, host, flake, attr, subdir, commit });
     Ok(Parsed::Run(args))
+}
+
+/// A size in bytes: a number, with an optional K, M or G (binary units, as `free -h`).
+fn size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.trim_end_matches(['B', 'i']).strip_suffix(['K', 'M', 'G']) {
+        Some(digits) => (
+            digits,
+            [10, 20, 30]["KMG".find(text.trim_end_matches(['B', 'i']).chars().last().unwrap()).unwrap()],
+        ),
+        None => (text, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text}: a size is a number, with K, M or G"))?;
+    n.checked_shl(shift)
+        .filter(|&bytes| bytes >> shift == n && bytes > 0)
+        .ok_or(format!("{text}: not a size"))
 }
 
 /// The value of the option just read, as UTF-8.
@@ -180,6 +217,17 @@ mod tests {
             Ok(Parsed::Run(args)) => args,
             other => panic!("{args:?}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn limits_read_sizes_and_nice_values() {
+        let args = run(&["--eval-memory-limit", "2G", "--build-memory-limit", "512MiB", "--nice", "10"]);
+        assert_eq!((args.eval_memory_limit, args.build_memory_limit), (Some(2 << 30), Some(512 << 20)));
+        assert_eq!(args.nice, Some(10));
+        assert_eq!(run(&["--eval-memory-limit", "1000"]).eval_memory_limit, Some(1000));
+        assert!(parse(&["--eval-memory-limit", "lots"]).unwrap_err().contains("a size is a number"));
+        assert!(parse(&["--eval-memory-limit", "0"]).unwrap_err().contains("not a size"));
+        assert!(parse(&["--nice", "20"]).unwrap_err().contains("-20 to 19"));
     }
 
     #[test]

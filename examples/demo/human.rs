@@ -30,6 +30,23 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// `256 MiB`, `1.1 GiB`: a size in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let (mut value, mut unit) = (n as f64 / 1024.0, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match value {
+        v if v >= 100.0 || v.fract() < 0.05 => format!("{v:.0} {}", UNITS[unit]),
+        v => format!("{v:.1} {}", UNITS[unit]),
+    }
+}
+
 /// `0:07`, `12:34`, `1:02:03`: a clock that ticks once a second.
 pub fn clock(d: Duration) -> String {
     let secs = d.as_secs();

@@ -150,6 +150,11 @@ mod tests {
                 selected_branch_is_testing: Some(true),
                 eval_started_at: Some(prost_types::Timestamp { seconds: 1_764_337_385, nanos: 120_000_000 }),
                 eval_status: "evaluated".into(),
+                eval_usage: Some(proto::ResourceUsage {
+                    peak_memory_bytes: 1 << 30,
+                    cpu_ms: 5300,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             build_progress: Some(proto::BuildProgress {
@@ -173,7 +178,11 @@ mod tests {
         assert_eq!(json["build_progress"]["copies_expected"], 2);
         assert_eq!(json["build_progress"]["copying"][0], "/nix/store/x-a");
         let g = &json["generation"];
-        assert_eq!(g.as_object().unwrap().len(), 27);
+        assert_eq!(g.as_object().unwrap().len(), 29);
+        assert_eq!(g["eval_usage"]["peak_memory_bytes"], 1 << 30);
+        assert_eq!(g["eval_usage"]["cpu_ms"], 5300);
+        assert_eq!(g["eval_usage"]["memory_limit_reached"], false);
+        assert_eq!(g["build_usage"], Value::Null);
         assert_eq!(g["eval_started_at"], "2025-11-28T13:43:05.120Z");
         assert_eq!(g["eval_ended_at"], Value::Null);
         assert_eq!(g["selected_branch_is_testing"], true);

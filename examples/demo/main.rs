@@ -101,6 +101,9 @@ fn main_job(
     if let Some(attr) = &target.attr {
         config.system_attr = attr.clone();
     }
+    config.eval_memory_limit = args.eval_memory_limit;
+    config.build_memory_limit = args.build_memory_limit;
+    config.process.nice = args.nice;
     let builder = Builder::new(config, Arc::new(Store::new()), executor);
     let mut watch = Watch::new(&builder, args.json);
 

@@ -49,11 +49,19 @@ pub fn summary(state: &proto::Builder, build_asked: bool) -> String {
 
 fn eval_status(g: &proto::Generation) -> String {
     let took = human::eval_time(g).map(human::duration);
-    match (g.eval_status.as_str(), took) {
+    let status = match (g.eval_status.as_str(), took) {
         ("evaluated", Some(took)) => format!("evaluated in {took}"),
         ("failed", Some(took)) => format!("failed after {took}"),
         (status, _) => status.to_string(),
-    }
+    };
+    status + &usage(g.eval_usage.as_ref())
+}
+
+/// ", peak 1.1 GiB, 5.3 s CPU" of a step that ran commands; "" of one that ran none.
+fn usage(usage: Option<&proto::ResourceUsage>) -> String {
+    let Some(u) = usage else { return String::new() };
+    let cpu = human::duration(std::time::Duration::from_millis(u.cpu_ms));
+    format!(", peak {}, {cpu} CPU", human::bytes(u.peak_memory_bytes))
 }
 
 fn build_status(g: &proto::Generation, build_asked: bool) -> String {
@@ -62,8 +70,8 @@ fn build_status(g: &proto::Generation, build_asked: bool) -> String {
         ("built", _) if g.build_reason == BUILD_REASON_ALREADY_BUILT => {
             "already built (its output was in the store)".into()
         }
-        ("built", Some(took)) => format!("built in {took}"),
-        ("failed", Some(took)) => format!("failed after {took}"),
+        ("built", Some(took)) => format!("built in {took}{}", usage(g.build_usage.as_ref())),
+        ("failed", Some(took)) => format!("failed after {took}{}", usage(g.build_usage.as_ref())),
         ("" | "initialized", _) if g.eval_status != "evaluated" => "not started".into(),
         ("" | "initialized", _) if !build_asked => "not asked (--build builds it)".into(),
         (status, _) => status.to_string(),
@@ -126,6 +134,21 @@ mod tests {
              out         /nix/store/0123456789abcdfghijklmnpqrsvwxyz-system\n"
         );
         assert!(succeeded(&state(built()), true));
+    }
+
+    #[test]
+    fn what_each_step_used_follows_its_time() {
+        let usage = |peak, cpu_ms| {
+            Some(proto::ResourceUsage { peak_memory_bytes: peak, cpu_ms, ..Default::default() })
+        };
+        let g = proto::Generation {
+            eval_usage: usage((11 << 30) / 10, 5300),
+            build_usage: usage(300 << 20, 125_000),
+            ..built()
+        };
+        let text = summary(&state(g), true);
+        assert!(text.contains("evaluation  evaluated in 1.2 s, peak 1.1 GiB, 5.3 s CPU\n"), "{text}");
+        assert!(text.contains("build       built in 2 min 05 s, peak 300 MiB, 2 min 05 s CPU\n"), "{text}");
     }
 
     #[test]

@@ -195,6 +195,22 @@ typedef struct genbuild_config {
    * The number of entries of `nix_option_names` and `nix_option_values`.
    */
   size_t nix_options_len;
+  /**
+   * Bytes of memory each command of an evaluation may use (its processes together);
+   * past it the command is killed and the evaluation fails ("… was killed: it reached
+   * its memory limit of …"). 0: no limit. Enforced by the kernel where the commands'
+   * cgroups have the memory controller, by sampling every 50 ms elsewhere.
+   */
+  uint64_t eval_memory_limit_bytes;
+  /**
+   * The same for each command of a build. Through a nix-daemon it bounds the Nix
+   * client only (the builders are the daemon's children).
+   */
+  uint64_t build_memory_limit_bytes;
+  /**
+   * The nice value (-20 to 19) every command runs at; 0: this process's own.
+   */
+  int32_t nice;
 } genbuild_config;
 
 /**

@@ -83,6 +83,16 @@ pub struct genbuild_config {
     pub nix_option_values: *const *const c_char,
     /// The number of entries of `nix_option_names` and `nix_option_values`.
     pub nix_options_len: usize,
+    /// Bytes of memory each command of an evaluation may use (its processes together);
+    /// past it the command is killed and the evaluation fails ("… was killed: it reached
+    /// its memory limit of …"). 0: no limit. Enforced by the kernel where the commands'
+    /// cgroups have the memory controller, by sampling every 50 ms elsewhere.
+    pub eval_memory_limit_bytes: u64,
+    /// The same for each command of a build. Through a nix-daemon it bounds the Nix
+    /// client only (the builders are the daemon's children).
+    pub build_memory_limit_bytes: u64,
+    /// The nice value (-20 to 19) every command runs at; 0: this process's own.
+    pub nice: i32,
 }
 
 /// What a [`genbuild_config`] makes.
@@ -127,6 +137,17 @@ pub(crate) unsafe fn read_config(config: &genbuild_config) -> Result<Parts, Fail
     builder_config.eval_timeout = millis_or(config.eval_timeout_ms, builder_config.eval_timeout);
     builder_config.build_timeout = millis_or(config.build_timeout_ms, builder_config.build_timeout);
     builder_config.process.kill_grace = millis_or(config.kill_grace_ms, builder_config.process.kill_grace);
+    builder_config.eval_memory_limit =
+        (config.eval_memory_limit_bytes != 0).then_some(config.eval_memory_limit_bytes);
+    builder_config.build_memory_limit =
+        (config.build_memory_limit_bytes != 0).then_some(config.build_memory_limit_bytes);
+    if !(-20..=19).contains(&config.nice) {
+        return Err(Failure::invalid(format!(
+            "config->nice: {} is not a nice value (-20 to 19)",
+            config.nice
+        )));
+    }
+    builder_config.process.nice = (config.nice != 0).then_some(config.nice);
 
     let mut nix = NixOptions::default();
     if let Some(dir) = unsafe { opt_path_arg(config.gc_root_dir) } {
@@ -177,6 +198,9 @@ pub(crate) fn test_config() -> genbuild_config {
         nix_option_names: std::ptr::null(),
         nix_option_values: std::ptr::null(),
         nix_options_len: 0,
+        eval_memory_limit_bytes: 0,
+        build_memory_limit_bytes: 0,
+        nice: 0,
     }
 }
 
@@ -210,6 +234,30 @@ mod tests {
         let parts = unsafe { read_config(&forever) }.ok().unwrap();
         assert_eq!(parts.config.build_timeout, Duration::from_millis(u64::MAX));
         assert_eq!(parts.config.process.kill_grace, Duration::from_millis(u64::MAX));
+    }
+
+    #[test]
+    fn memory_limits_and_nice_reach_the_builder_zero_meaning_none() {
+        // SAFETY: static strings, no arrays.
+        let parts = unsafe { read_config(&config()) }.ok().unwrap();
+        assert_eq!((parts.config.eval_memory_limit, parts.config.build_memory_limit), (None, None));
+        assert_eq!(parts.config.process.nice, None);
+        let limited = genbuild_config {
+            eval_memory_limit_bytes: 1 << 30,
+            build_memory_limit_bytes: 2 << 30,
+            nice: 10,
+            ..config()
+        };
+        // SAFETY: as above.
+        let parts = unsafe { read_config(&limited) }.ok().unwrap();
+        assert_eq!(
+            (parts.config.eval_memory_limit, parts.config.build_memory_limit),
+            (Some(1 << 30), Some(2 << 30))
+        );
+        assert_eq!(parts.config.process.nice, Some(10));
+        let f = failure(&genbuild_config { nice: 20, ..config() });
+        assert_eq!(f.code, genbuild_result::InvalidArgument);
+        assert_eq!(f.message, "config->nice: 20 is not a nice value (-20 to 19)");
     }
 
     #[test]

@@ -604,6 +604,10 @@ int main(int argc, char **argv) {
   cfg.nix_option_names = names;
   cfg.nix_option_values = values;
   cfg.nix_options_len = 3;
+  /* Generous: they change nothing but what is reported. */
+  cfg.eval_memory_limit_bytes = 8ULL << 30;
+  cfg.build_memory_limit_bytes = 8ULL << 30;
+  cfg.nice = 5;
 
   char *err = NULL, *uuid = NULL;
   genbuild_buffer buf = {NULL, 0};
@@ -753,8 +757,18 @@ int main(int argc, char **argv) {
     CHECK(strcmp(pb_string(g, 20), "built") == 0, "build_status %s", pb_string(g, 20));
     CHECK(strcmp(pb_string(g, 7), commit1) == 0, "selected_commit_id %s", pb_string(g, 7));
     CHECK(strcmp(pb_string(g, 6), "main") == 0, "selected_branch_name %s", pb_string(g, 6));
-    printf("ok   state: generation %s eval=%s build=%s out=%s\n", pb_string(g, 1),
-           pb_string(g, 13), pb_string(g, 20), pb_string(g, 17));
+    /* eval_usage (101) and build_usage (102): peak_memory_bytes 1, cpu_ms 2,
+     * memory_limit_reached 3. */
+    uint64_t eval_peak = 0, build_peak = 0, reached = 0;
+    slice eval_usage = pb_message(g, 101), build_usage = pb_message(g, 102);
+    CHECK(eval_usage.data != NULL && build_usage.data != NULL, "eval_usage and build_usage set");
+    pb_field(eval_usage, 1, NULL, &eval_peak);
+    pb_field(build_usage, 1, NULL, &build_peak);
+    pb_field(eval_usage, 3, NULL, &reached);
+    CHECK(eval_peak > 0 && build_peak > 0 && !reached, "usage: eval peak %llu, build peak %llu",
+          (unsigned long long)eval_peak, (unsigned long long)build_peak);
+    printf("ok   state: generation %s eval=%s build=%s out=%s eval peak=%llu KiB\n", pb_string(g, 1),
+           pb_string(g, 13), pb_string(g, 20), pb_string(g, 17), (unsigned long long)(eval_peak >> 10));
   }
   genbuild_buffer_free(buf);
   buf = (genbuild_buffer){NULL, 0};
