@@ -222,7 +222,9 @@ pub use builder::{Builder, BuilderConfig};
 pub use error::{CancelReason, CommandFailure, Error, Exit, JobError, StoreError};
 pub use executor::{EvalOutput, EvalRequest, Executor, FlakeExecutor, NixExecutor, NixOptions};
 pub use job::{Job, JobContext, JobOutput, LogSink, Progress, Work};
-pub use process::{AnyCommand, Command, CommandOutput, Containment, ProcessOptions, Stream, WaitStrategy};
+pub use process::{
+    AnyCommand, Command, CommandOutput, Containment, ProcessOptions, ResourceUsage, Stream, WaitStrategy,
+};
 pub use status::{
     BuildReason, BuildStatus, EvalStatus, UnknownStatus, BUILD_REASON_ALREADY_BUILT, BUILD_REASON_NEED_BUILD,
 };

@@ -59,7 +59,7 @@ pub const DEFAULT_GC_ROOTS: &str = "/nix/var/nix/gcroots/genbuild-demo";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     Help,
-    Run(Args),
+    Run(Box<Args>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,7 +146,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
             return Err(format!("{flag} needs --repo PATH (without --repo the bundled demo runs)"));
         }
-        return Ok(Parsed::Run(args));
+        return Ok(Parsed::Run(Box::new(args)));
     };
     let host = host.ok_or("--repo needs --host NAME: the host whose system to evaluate")?;
     if host.is_empty() {
@@ -159,7 +159,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String
         return Err(format!("--subdir {subdir}: a directory inside the repository (relative, without `..`)"));
     }
     args.target = Some(Target { repo, host, flake, attr, subdir, commit });
-    Ok(Parsed::Run(args))
+    Ok(Parsed::Run(Box::new(args)))
 }
 
 /// A size in bytes: a number, with an optional K, M or G (binary units, as `free -h`).
@@ -214,7 +214,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Args {
         match parse(args) {
-            Ok(Parsed::Run(args)) => args,
+            Ok(Parsed::Run(args)) => *args,
             other => panic!("{args:?}: {other:?}"),
         }
     }

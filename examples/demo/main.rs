@@ -39,7 +39,7 @@ use watch::{Ended, Watch};
 
 fn main() -> ExitCode {
     let args = match args::parse(std::env::args_os().skip(1)) {
-        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Run(args)) => *args,
         Ok(Parsed::Help) => {
             print!("{}", args::USAGE);
             return ExitCode::SUCCESS;
