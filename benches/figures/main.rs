@@ -29,12 +29,14 @@
 //!   restart) is the first evaluation's time.
 //! * [`rss`]: the child's output copied to a log writer with a 32 KiB buffer, as Go's
 //!   `io.Copy` does (the reference streams nothing to subscribers).
+//! * [`resources`]: the memory watchdog's overshoot and its CPU; the reference bounds
+//!   no memory.
 //!
 //! Needs Nix (Debian's nix-bin 2.8 as root, single-user; settings passed with
 //! `--option`, `/etc/nix` untouched) for the eval, reuse and stop rows; without it
 //! those rows say so. `--quick` (or `GENBUILD_BENCH_QUICK=1`) does fewer repetitions
 //! and a shorter CPU job, for CI. `--only NAME[,NAME]` runs only those groups (eval,
-//! reuse, stop, churn, containment, latency, rss). `GENBUILD_BENCH_CONTAINMENT=tree`
+//! reuse, stop, churn, containment, latency, rss, resources). `GENBUILD_BENCH_CONTAINMENT=tree`
 //! runs genbuild's side with the process-tree containment instead of a cgroup v2 per
 //! command (what a host without a writable cgroup v2 gets). Run:
 //! `cargo bench --bench figures [-- --quick]`.
@@ -43,6 +45,7 @@ mod churn;
 mod containment;
 mod eval;
 mod latency;
+mod resources;
 mod reuse;
 mod rss;
 mod stop;
@@ -159,6 +162,11 @@ fn main() {
         ]
     });
     stage("rss", &mut rows, &|| rss::rss_rows(&plan));
+    stage("resources", &mut rows, &|| {
+        let mut rows = resources::overshoot_rows(&plan);
+        rows.push(resources::watchdog_cpu_row(&plan));
+        rows
+    });
     print_table(&rows, quick, started.elapsed());
 }
 

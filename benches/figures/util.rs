@@ -167,7 +167,7 @@ pub(crate) struct BenchExecutor {
 }
 
 impl BenchExecutor {
-    fn new(eval: Option<String>, build: Option<String>) -> BenchExecutor {
+    pub(crate) fn new(eval: Option<String>, build: Option<String>) -> BenchExecutor {
         BenchExecutor { eval_script: Mutex::new(eval), build_script: Mutex::new(build) }
     }
 
