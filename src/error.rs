@@ -133,8 +133,8 @@ pub enum JobError {
     /// process it started.
     #[error(
         "`{command}` was killed: it reached its memory limit of {} (peak seen: {})",
-        crate::process::human_bytes(*limit),
-        crate::process::human_bytes(*peak)
+        human_bytes(*limit),
+        human_bytes(*peak)
     )]
     MemoryLimit {
         /// The command line, shortened to 300 characters.
@@ -219,5 +219,34 @@ impl std::fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exited with status {code}"),
             Exit::Signal(signal) => write!(f, "killed by signal {signal}"),
         }
+    }
+}
+
+/// A size for people: "256 MiB", "1.1 GiB", "900 KiB".
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() < 0.05 || value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(256 << 20), "256 MiB");
+        assert_eq!(human_bytes((11 << 30) / 10), "1.1 GiB");
+        assert_eq!(human_bytes(900 << 10), "900 KiB");
+        assert_eq!(human_bytes(12), "12 bytes");
     }
 }

@@ -62,7 +62,6 @@ use crate::error::{CancelReason, JobError};
 
 pub(crate) use cgroup::CgroupSlot;
 pub use command::{AnyCommand, Command};
-pub(crate) use usage::human_bytes;
 pub use usage::ResourceUsage;
 
 /// The output stream a log line came from.
@@ -267,7 +266,10 @@ pub(crate) fn run(
     let enforced = cgroup.as_ref().map(|c| c.apply(&resources)).unwrap_or_default();
     let memory = if enforced.memory { "memory.max" } else { "the watchdog" };
     if let Some(limit) = limits.memory_limit {
-        log::debug!("`{description}`: its memory limit of {} is enforced by {memory}", human_bytes(limit));
+        log::debug!(
+            "`{description}`: its memory limit of {} is enforced by {memory}",
+            crate::error::human_bytes(limit)
+        );
     }
     let (child, cgroup) = spawn::start(cmd, cgroup, limits.options, &description)?;
     supervise::supervise(child, cgroup, enforced, limits, on_line, description)

@@ -95,22 +95,6 @@ fn page_bytes() -> u64 {
     u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// A size for people: "256 MiB", "1.1 GiB", "900 KiB".
-pub(crate) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() < 0.05 || value >= 100.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// The `oom_kill` count of a cgroup's `memory.events`.
 pub(super) fn oom_kills(events: &str) -> u64 {
     events.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
@@ -139,14 +123,6 @@ pub(super) fn cpu_weight(nice: i32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(human_bytes(256 << 20), "256 MiB");
-        assert_eq!(human_bytes((11 << 30) / 10), "1.1 GiB");
-        assert_eq!(human_bytes(900 << 10), "900 KiB");
-        assert_eq!(human_bytes(12), "12 bytes");
-    }
 
     #[test]
     fn the_kernels_counters_are_read() {
