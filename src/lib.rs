@@ -218,6 +218,10 @@ mod status;
 pub mod store;
 mod threads;
 
+#[cfg(test)]
+#[path = "../tests/common/alone.rs"]
+mod alone;
+
 pub use builder::{Builder, BuilderConfig};
 pub use error::{CancelReason, CommandFailure, Error, Exit, JobError, StoreError};
 pub use executor::{EvalOutput, EvalRequest, Executor, FlakeExecutor, NixExecutor, NixOptions};

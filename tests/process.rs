@@ -640,10 +640,11 @@ fn a_subscriber_disconnects_after_the_last_handle_drops() {
     }
 }
 
-/// Runs `cmd` in a job under `options`; its stdout, or the job's error.
-fn output_of(cmd: Command, options: ProcessOptions) -> Result<String, JobError> {
+/// Runs `cmd` (genbuild's or std's) in a job under `options`; its stdout, or the job's
+/// error.
+fn output_of(cmd: impl Into<genbuild::AnyCommand>, options: ProcessOptions) -> Result<String, JobError> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let mut cmd = Some(cmd);
+    let mut cmd = Some(cmd.into());
     let mut job = Job::new(
         move |ctx: &JobContext| {
             let _ = tx.send(ctx.run(cmd.take().expect("run once")).map(|out| out.stdout));
@@ -927,19 +928,7 @@ fn commands_run_at_the_nice_value_asked_for() {
             assert_eq!(out, "7\n7\n", "{} {wait:?}", describe(&containment));
             let mut std_command = std::process::Command::new("sh");
             std_command.args(["-c", script]);
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let mut std_command = Some(std_command);
-            let mut job = Job::new(
-                move |ctx: &JobContext| {
-                    let _ = tx.send(ctx.run(std_command.take().expect("once")).map(|o| o.stdout));
-                    Ok(())
-                },
-                HANG,
-            )
-            .with_options(options);
-            job.start();
-            job.wait();
-            let out = rx.recv_timeout(HANG).unwrap().unwrap();
+            let out = output_of(std_command, options).unwrap();
             assert_eq!(out, "7\n7\n", "a std command, {} {wait:?}", describe(&containment));
         }
     }

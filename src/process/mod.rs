@@ -300,32 +300,8 @@ fn deadline_after(d: Duration) -> Option<Instant> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// Runs the test named `test` again in a process of its own (this test binary, with
-    /// only that test), for a test that changes what the whole process shares (its file
-    /// descriptors, its stdio): true in that process, where the test goes on; in this
-    /// one, false once it passed there (a failure there fails here).
-    pub(crate) fn alone(test: &str) -> bool {
-        const ALONE: &str = "GENBUILD_TEST_ALONE";
-        if std::env::var_os(ALONE).is_some_and(|t| t == test) {
-            return true;
-        }
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(ALONE, test)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-            "{test}, run alone: {}\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        false
-    }
 
     #[test]
     fn describe_quotes_what_a_shell_would_split() {

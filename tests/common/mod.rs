@@ -2,6 +2,8 @@
 //! the checks that nothing a test started is left behind.
 #![allow(dead_code)]
 
+#[path = "alone.rs"]
+mod alone_impl;
 pub mod nix;
 pub mod nix_shim;
 pub mod remote;
@@ -17,6 +19,9 @@ use genbuild::{
     proto, Builder, BuilderConfig, EvalOutput, EvalRequest, Executor, JobContext, JobError, Store,
 };
 use parking_lot::{Mutex, MutexGuard};
+
+#[allow(unused_imports)] // not every test binary runs a test alone
+pub use alone_impl::alone;
 
 /// Bound on any wait that only guards against hangs.
 pub const HANG: Duration = Duration::from_secs(20);
@@ -243,33 +248,25 @@ pub fn genbuild_thread_count() -> usize {
         .count()
 }
 
-/// Waits until at most `at_most` of genbuild's threads are alive: threads that
-/// returned (an idle job thread after its wait, a waiter whose command exited) leave on
-/// their own, a moment later; one that never does fails after [`HANG`].
-pub fn assert_genbuild_threads_at_most(at_most: usize) {
+/// Waits until `count` (genbuild's threads, this process's descriptors) is at most
+/// `at_most`: threads that returned and descriptors they held leave on their own, a
+/// moment later; more after [`HANG`] is a leak.
+fn await_at_most(what: &str, count: fn() -> usize, at_most: usize) {
     let deadline = Instant::now() + HANG;
-    while genbuild_thread_count() > at_most {
-        assert!(
-            Instant::now() < deadline,
-            "{} of genbuild's threads alive, expected at most {at_most}",
-            genbuild_thread_count()
-        );
+    while count() > at_most {
+        assert!(Instant::now() < deadline, "{} {what}, expected at most {at_most}", count());
         std::thread::sleep(Duration::from_millis(1));
     }
 }
 
-/// Waits until this process has at most `at_most` open file descriptors (a waiter
-/// thread closes its own when it leaves); more after [`HANG`] is a leak.
+/// [`await_at_most`] of genbuild's threads.
+pub fn assert_genbuild_threads_at_most(at_most: usize) {
+    await_at_most("of genbuild's threads alive", genbuild_thread_count, at_most);
+}
+
+/// [`await_at_most`] of this process's open file descriptors.
 pub fn assert_fds_at_most(at_most: usize) {
-    let deadline = Instant::now() + HANG;
-    while fd_count() > at_most {
-        assert!(
-            Instant::now() < deadline,
-            "{} file descriptors open, expected at most {at_most}",
-            fd_count()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    await_at_most("file descriptors open", fd_count, at_most);
 }
 
 /// The generation `uuid` as the store has it.
@@ -307,30 +304,6 @@ pub fn require_cgroup(test: &str) -> Option<PathBuf> {
         eprintln!("skipped: {why}");
     }
     dir
-}
-
-/// Runs the test `test` of this test binary again in a process of its own, alone, for
-/// a test that changes what the whole process shares (its file descriptors, its
-/// stdio): true in that process, where the test goes on; in this one, false once it
-/// passed there (a failure there fails here, with its output).
-pub fn alone(test: &str) -> bool {
-    const ALONE: &str = "GENBUILD_TEST_ALONE";
-    if std::env::var_os(ALONE).is_some_and(|t| t == test) {
-        return true;
-    }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(ALONE, test)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "{test}, run alone: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    false
 }
 
 /// What `Containment::Auto` means on this machine, for a test to print.

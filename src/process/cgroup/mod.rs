@@ -50,7 +50,6 @@ mod slot;
 
 pub(super) use mount::auto_parent;
 pub(super) use resources::{Enforced, Resources};
-use slot::sweep_dead_owners;
 pub(crate) use slot::CgroupSlot;
 
 /// How long [`Cgroup::kill_until_empty`] waits after each kill before killing again.
@@ -180,8 +179,7 @@ impl Cgroup {
     /// (locked) by it. An error of kind `Unsupported` when the kernel gives it no way to
     /// kill all its processes.
     pub(super) fn create(parent: &Path) -> io::Result<Cgroup> {
-        sweep_dead_owners(parent);
-        resources::enable_controllers(parent);
+        prepare(parent);
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut attempts = 0;
         loop {
@@ -479,6 +477,21 @@ impl Drop for Cgroup {
     }
 }
 
+/// What a parent gets before genbuild's first cgroup in it, once per process: the
+/// empty cgroups of owners that are gone removed, the controllers enabled.
+fn prepare(parent: &Path) {
+    static PREPARED: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+    {
+        let mut prepared = PREPARED.lock();
+        if prepared.iter().any(|p| p == parent) {
+            return;
+        }
+        prepared.push(parent.to_path_buf());
+    }
+    slot::remove_dead_owners(parent);
+    resources::enable_controllers(parent);
+}
+
 /// Whether a cgroup file's error says the cgroup is gone.
 fn gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT))
@@ -625,7 +638,7 @@ pub(super) mod tests {
     /// cgroup all the same: every file that takes was opened with the cgroup.
     #[test]
     fn a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare() {
-        if !crate::process::tests::alone(
+        if !crate::alone::alone(
             "process::cgroup::tests::a_cgroup_is_killed_and_emptied_with_no_file_descriptor_to_spare",
         ) {
             return;

@@ -11,7 +11,7 @@
 //! debug level.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Cgroup;
 use crate::process::usage::cpu_weight;
@@ -39,16 +39,8 @@ pub(super) fn lists(file: &str, controller: &str) -> bool {
 }
 
 /// Enables the memory and cpu controllers for the children of `parent` where it offers
-/// them and they are not enabled yet; once per parent and process.
+/// them and they are not enabled yet.
 pub(super) fn enable_controllers(parent: &Path) {
-    static DONE: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
-    {
-        let mut done = DONE.lock();
-        if done.iter().any(|p| p == parent) {
-            return;
-        }
-        done.push(parent.to_path_buf());
-    }
     let offered = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
     let enabled = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
     for controller in ["memory", "cpu"] {

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
@@ -79,24 +79,11 @@ impl Drop for CgroupSlot {
 }
 
 /// Removes the empty cgroups left under `parent` by processes no longer running (one
-/// kept in a [`CgroupSlot`] by a program that exited without dropping its builder);
-/// once per parent and process. A cgroup is a dead process's when nobody holds the
-/// `flock` its owner holds as long as it lives ([`Cgroup`]): no pid is compared, so
-/// processes in other pid namespaces sharing the cgroup tree are judged right. One
-/// that is not empty is left alone.
-pub(super) fn sweep_dead_owners(parent: &Path) {
-    static SWEPT: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
-    {
-        let mut swept = SWEPT.lock();
-        if swept.iter().any(|p| p == parent) {
-            return;
-        }
-        swept.push(parent.to_path_buf());
-    }
-    remove_dead_owners(parent);
-}
-
-fn remove_dead_owners(parent: &Path) {
+/// kept in a [`CgroupSlot`] by a program that exited without dropping its builder). A
+/// cgroup is a dead process's when nobody holds the `flock` its owner holds as long as
+/// it lives ([`Cgroup`]): no pid is compared, so processes in other pid namespaces
+/// sharing the cgroup tree are judged right. One that is not empty is left alone.
+pub(super) fn remove_dead_owners(parent: &Path) {
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name();
         if !is_ours(&name.to_string_lossy()) {
