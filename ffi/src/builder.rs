@@ -270,7 +270,8 @@ pub unsafe extern "C" fn genbuild_state(
 ///   .drv paths building now); then the store paths Nix copies (to and from remote
 ///   builders, from substituters), counted in paths as uint64s: copies_done 7,
 ///   copies_expected 8 (as far as known yet), and copying 9 (repeated string: the
-///   paths being copied now).
+///   paths being copied now); then the bytes of those copies, 0 where Nix reports
+///   none: copy_bytes_done 10, copy_bytes_expected 11.
 ///
 /// Later versions may add kinds and fields: skip the ones you do not know, as
 /// protobuf decoders do.

@@ -176,6 +176,8 @@ impl Inner {
             copies_done: progress.copies_done,
             copies_expected: progress.copies_expected,
             copying: progress.copying.clone(),
+            copy_bytes_done: progress.copy_bytes_done,
+            copy_bytes_expected: progress.copy_bytes_expected,
         };
         let sent_at = self.progress.as_ref().filter(|p| p.job == job).and_then(|p| p.sent_at);
         self.progress = Some(LatestProgress { job, report, sent_at, held_back: true });
@@ -267,6 +269,7 @@ mod tests {
         let mut progress = Progress::default();
         (progress.done, progress.expected, progress.running, progress.failed) = (1, 4, 2, 1);
         (progress.copies_done, progress.copies_expected) = (3, 5);
+        (progress.copy_bytes_done, progress.copy_bytes_expected) = (10, 11);
         progress.building = vec!["/nix/store/x-b.drv".into()];
         progress.copying = vec!["/nix/store/x-a".into()];
         sink(JobOutput::Progress(&progress));
@@ -280,6 +283,8 @@ mod tests {
             copies_done: 3,
             copies_expected: 5,
             copying: vec!["/nix/store/x-a".into()],
+            copy_bytes_done: 10,
+            copy_bytes_expected: 11,
         };
         assert_eq!(subscribers.latest_progress().as_ref(), Some(&expected));
         let Some(event::Kind::BuildProgress(sent)) = events.try_recv().unwrap().kind else { panic!() };
