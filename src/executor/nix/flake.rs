@@ -19,9 +19,10 @@
 //! repository's HEAD to pick one, and warn ("could not read HEAD ref") when it is
 //! detached, as a deploy tool's checkout often is; the commit is fetched by its `rev`
 //! either way. A shallow clone (`git clone --depth 1`, as many CI systems and GitOps
-//! tools clone) is evaluated with `shallow=1` where the detected Nix needs it (2.20
-//! on); where Nix still refuses it, the error says that the clone is shallow and how
-//! to unshallow it.
+//! tools clone) is named with `shallow=1`: without it Nix refuses a repository that
+//! lacks history (2.8 because it counts the revisions, 2.20 and later in so many
+//! words); should a Nix still refuse it, the error says that the clone is shallow and
+//! how to unshallow it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,8 +97,7 @@ pub(super) fn evaluation(
         None => linked(&repository)?,
     };
     let shallow = is_shallow(&repository);
-    let shallow_flag = shallow && core.version(ctx)?.needs_shallow_flag();
-    let flake_ref = flake_ref(&url_path, &req.commit_id, &dir.join("/"), req.submodules, shallow_flag);
+    let flake_ref = flake_ref(&url_path, &req.commit_id, &dir.join("/"), req.submodules, shallow);
     let mut command = core.command("nix", FEATURES);
     command.args(["eval", "--json", "--argstr", "flakeRef", &flake_ref]);
     let last_args = vec!["--expr".into(), expression(), "f.result".into()];

@@ -1,6 +1,6 @@
 //! The Nix version, asked once per executor: the flags of some commands differ between
-//! versions (`nix build DRV^*` from 2.15 on, `shallow=1` for a shallow clone from 2.20
-//! on), and the version is part of what an evaluation's result depends on.
+//! versions (`nix build DRV^*` from 2.15 on), and the version is part of what an
+//! evaluation's result depends on.
 
 /// A Nix version, as `nix --version` prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,16 +47,6 @@ impl NixVersion {
     }
 }
 
-impl NixVersion {
-    /// Whether a `git+file` flake reference to a shallow clone needs `shallow=1`: the
-    /// git fetcher of Nix 2.20 (libgit2) refuses a shallow repository without it,
-    /// where 2.8 took one as it was (and refuses `shallow=1` on it). Lix forked
-    /// before.
-    pub fn needs_shallow_flag(&self) -> bool {
-        !self.lix && (self.major, self.minor) >= (2, 20)
-    }
-}
-
 impl std::fmt::Display for NixVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = if self.lix { "Lix" } else { "Nix" };
@@ -94,15 +84,5 @@ mod tests {
         assert!(v(2, 15, 0, false).needs_all_outputs_suffix());
         assert!(v(2, 33, 0, false).needs_all_outputs_suffix());
         assert!(v(2, 91, 1, true).needs_all_outputs_suffix());
-    }
-
-    #[test]
-    fn shallow_flag_from_2_20_on_nix_only() {
-        assert!(!v(2, 8, 0, false).needs_shallow_flag());
-        assert!(!v(2, 19, 3, false).needs_shallow_flag());
-        assert!(v(2, 20, 0, false).needs_shallow_flag());
-        assert!(v(2, 26, 3, false).needs_shallow_flag());
-        assert!(v(2, 34, 8, false).needs_shallow_flag());
-        assert!(!v(2, 93, 0, true).needs_shallow_flag());
     }
 }
