@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(json["is_building"], Value::Null);
         assert_eq!(json["build_progress"]["done"], 3);
         assert_eq!(json["build_progress"]["building"][0], "/nix/store/x-a.drv");
-        assert_eq!(json["build_progress"].as_object().unwrap().len(), 9);
+        assert_eq!(json["build_progress"].as_object().unwrap().len(), 11);
         assert_eq!(json["build_progress"]["copies_done"], 0);
         assert_eq!(json["build_progress"]["copies_expected"], 2);
         assert_eq!(json["build_progress"]["copying"][0], "/nix/store/x-a");
