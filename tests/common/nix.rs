@@ -53,9 +53,15 @@ pub fn installable(drv_path: &str) -> String {
     }
 }
 
-/// A builder script that says it started, then sleeps 300 s (both processes carry `nonce`).
+/// A builder script that says it started, then sleeps 300 s (the shell and the
+/// `sleep` carry `nonce`), saying so every 0.1 s: Nix 2.34 can lose an interrupt while
+/// every builder is silent (its worker's `poll` has no timeout), so that a killed
+/// client's daemon, or a nix-store given SIGTERM, would let a silent builder run on
+/// until it prints something.
 pub fn sleeper(nonce: &str) -> String {
-    format!("echo started {nonce}; /bin/sleep 300.{nonce}; echo > $out")
+    format!(
+        "echo started {nonce}; /bin/sleep 300.{nonce} & while kill -0 $! 2>/dev/null; do /bin/sleep 0.1; echo sleeping; done; echo > $out"
+    )
 }
 
 /// `x86_64-linux` and the like, for flakes (pure evaluation has no `currentSystem`).
