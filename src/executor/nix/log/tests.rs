@@ -652,3 +652,20 @@ fn long_lines_that_are_not_nix_json_pass_through_in_pieces() {
         assert_eq!(texts, expected);
     }
 }
+
+/// Nix 2.26 and later fetch a bare repository's commit under an activity of type 112
+/// at level 4 (talkative): genbuild's own fetch, not shown; an activity's text at
+/// Nix's default verbosity is.
+#[test]
+fn a_fetch_of_the_repository_is_not_shown() {
+    let log = [
+        r#"@nix {"action":"start","id":1,"level":4,"parent":0,"text":"fetching Git repository 'file:///srv/infra'","type":112}"#,
+        r#"@nix {"action":"stop","id":1}"#,
+        r#"@nix {"action":"start","id":2,"level":3,"parent":0,"text":"copying path '/nix/store/x-a'","type":100,"fields":["/nix/store/x-a"]}"#,
+    ]
+    .join("\n");
+    let (parser, seen) = feed_all(&log);
+    let texts: Vec<&str> = seen.lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["copying path '/nix/store/x-a'"]);
+    assert_eq!(parser.failure(), "");
+}
