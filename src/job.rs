@@ -55,6 +55,11 @@ pub struct Progress {
     pub copies_expected: u64,
     /// The store paths being copied now.
     pub copying: Vec<String>,
+    /// Bytes copied by the copies started so far (0 where Nix reports no bytes, as
+    /// Nix 2.8 does for a remote builder's copies).
+    pub copy_bytes_done: u64,
+    /// Bytes to copy in all for the copies started so far; at least `copy_bytes_done`.
+    pub copy_bytes_expected: u64,
 }
 
 /// What a job's work produces besides its result: log lines and progress.

@@ -42,7 +42,9 @@ fn a_build_line_longer_than_64_kib_is_logged_whole_with_its_derivation() {
         "printf 'LINE-START'; i=0; while [ $i -lt 7000 ]; do printf xxxxxxxxxx; i=$((i+1)); done; echo MARKER-END; echo short-last-line; exit 1",
     );
     let lines = log_lines(&h);
-    let long: Vec<&(String, String)> = lines.iter().filter(|(l, _)| l.contains("MARKER-END")).collect();
+    // Through a daemon Nix's error repeats the last lines: its own line, no derivation's.
+    let long: Vec<&(String, String)> =
+        lines.iter().filter(|(l, drv)| l.contains("MARKER-END") && !drv.is_empty()).collect();
     assert_eq!(long.len(), 1, "{:?}", lines.iter().map(|(l, _)| &l[..l.len().min(80)]).collect::<Vec<_>>());
     let expected = format!("LINE-START{}MARKER-END", "x".repeat(70_000));
     assert_eq!((long[0].0.as_str(), long[0].1.as_str()), (expected.as_str(), g.drv_path.as_str()));

@@ -54,9 +54,23 @@ fn persist_child() {
     // Bounded, so that an orphaned child ends on its own.
     let end = Instant::now() + Duration::from_secs(30);
     let mut i = 0u64;
-    // Generations pre-empted by the next eval, whose end is announced all the same:
-    // their notifications come first, in order.
-    let mut preempted = std::collections::VecDeque::new();
+    // Generations pre-empted before their notification was read: each still gets
+    // exactly one, on either channel, possibly after a later generation's on the other.
+    let mut abandoned: Vec<String> = Vec::new();
+    // The next notification for `uuid`, on either channel, skipping abandoned ones.
+    let next_for = |uuid: &str, abandoned: &mut Vec<String>| loop {
+        let (got, evaluation) = crossbeam_channel::select! {
+            recv(evaluated) -> got => (got.unwrap(), true),
+            recv(built) -> got => (got.unwrap(), false),
+            default(HANG) => panic!("no notification for {uuid} within {HANG:?}"),
+        };
+        if got == uuid {
+            return evaluation;
+        }
+        let at = abandoned.iter().position(|a| *a == got);
+        let at = at.unwrap_or_else(|| panic!("a notification for {got}: neither {uuid} nor pre-empted"));
+        abandoned.remove(at);
+    };
     while Instant::now() < end {
         i += 1;
         if rng.below(4) == 0 {
@@ -66,7 +80,7 @@ fn persist_child() {
         match rng.below(4) {
             // Pre-empted by the next eval at once.
             0 => {
-                preempted.push_back(uuid);
+                abandoned.push(uuid);
                 continue;
             }
             1 => {
@@ -75,26 +89,9 @@ fn persist_child() {
             }
             _ => {}
         }
-        loop {
-            let (got, evaluation) = crossbeam_channel::select! {
-                recv(evaluated) -> got => (got.unwrap(), true),
-                recv(built) -> got => (got.unwrap(), false),
-                default(HANG) => panic!("no notification for {uuid} within {HANG:?}"),
-            };
-            if got != uuid {
-                assert_eq!(
-                    Some(got),
-                    preempted.pop_front(),
-                    "a notification names an earlier generation, in order"
-                );
-                continue;
-            }
-            assert!(preempted.is_empty(), "{uuid} announced before {preempted:?}");
-            if evaluation {
-                builder.submit_build(&uuid).unwrap();
-                assert_eq!(recv(&built, "build_done"), uuid);
-            }
-            break;
+        if next_for(&uuid, &mut abandoned) {
+            builder.submit_build(&uuid).unwrap();
+            assert!(!next_for(&uuid, &mut abandoned), "a second evaluation_done for {uuid}");
         }
     }
     panic!("the parent never killed this child");

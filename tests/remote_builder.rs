@@ -213,9 +213,9 @@ fn ssh_protocol_builds_and_stops_on_the_same_remote() {
 /// Records Nix's `--log-format internal-json -v` stderr of remote builds over
 /// `ssh-ng://` into `$GENBUILD_RECORD_TO`, for the log parser's unit tests: a chain of
 /// two derivations (the first writes 8 MiB, so that a copy is not instant) built with
-/// `nix-store --realise` and with `nix build`. Run by tests/fixtures/nix-2.8/record.sh.
+/// `nix-store --realise` and with `nix build`. Run by tests/fixtures/record.sh.
 #[test]
-#[ignore = "records fixtures: run by tests/fixtures/nix-2.8/record.sh"]
+#[ignore = "records fixtures: run by tests/fixtures/record.sh"]
 fn record_remote_build_logs() {
     let to = std::env::var("GENBUILD_RECORD_TO").expect("GENBUILD_RECORD_TO: where the recordings go");
     let Some(remote) = Remote::start_or_skip() else { return };
@@ -250,7 +250,9 @@ fn record_remote_build_logs() {
         assert!(drv_path.status.success(), "{}", String::from_utf8_lossy(&drv_path.stderr));
         let drv_path = String::from_utf8(drv_path.stdout).unwrap().trim().to_string();
         let mut cmd = nix(program);
-        cmd.args(args).arg(&drv_path);
+        // `nix build` builds a `.drv`'s outputs as `DRV^*` (from Nix 2.15 on).
+        let installable = if program == "nix" { installable(&drv_path) } else { drv_path.clone() };
+        cmd.args(args).arg(installable);
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(out.status.success(), "{cmd:?}:\n{stderr}");

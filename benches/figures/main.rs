@@ -31,12 +31,15 @@
 //!   `io.Copy` does (the reference streams nothing to subscribers).
 //! * [`resources`]: the memory watchdog's overshoot and its CPU; the reference bounds
 //!   no memory.
+//! * [`modules`]: not the reference's approach but the floor: a bare `nix eval` of the
+//!   same attribute of a generated module-system configuration of NixOS's size, on
+//!   each Nix version at hand (the machine's, and the Debian roots of `.ci/matrix`).
 //!
 //! Needs Nix (Debian's nix-bin 2.8 as root, single-user; settings passed with
 //! `--option`, `/etc/nix` untouched) for the eval, reuse and stop rows; without it
 //! those rows say so. `--quick` (or `GENBUILD_BENCH_QUICK=1`) does fewer repetitions
 //! and a shorter CPU job, for CI. `--only NAME[,NAME]` runs only those groups (eval,
-//! reuse, stop, churn, containment, latency, rss, resources). `GENBUILD_BENCH_CONTAINMENT=tree`
+//! reuse, stop, churn, containment, latency, rss, resources, modules). `GENBUILD_BENCH_CONTAINMENT=tree`
 //! runs genbuild's side with the process-tree containment instead of a cgroup v2 per
 //! command (what a host without a writable cgroup v2 gets). Run:
 //! `cargo bench --bench figures [-- --quick]`.
@@ -45,6 +48,7 @@ mod churn;
 mod containment;
 mod eval;
 mod latency;
+mod modules;
 mod resources;
 mod reuse;
 mod rss;
@@ -146,6 +150,7 @@ fn main() {
         });
         stage("reuse", &mut rows, &|| reuse::reuse_rows(&plan));
         stage("stop", &mut rows, &|| stop::stop_rows(&plan));
+        stage("modules", &mut rows, &|| modules::module_rows(&plan));
     } else {
         let missing = || "Nix not installed".to_string();
         rows.push(row("eval → evaluation_done", missing(), missing(), None, String::new()));
@@ -167,6 +172,14 @@ fn main() {
         rows.push(resources::watchdog_cpu_row(&plan));
         rows
     });
+    if args.iter().any(|a| a == "--rows") {
+        // For the bench that started this one in a Debian root (modules.rs).
+        for r in &rows {
+            let fields = [&r.what, &r.genbuild, &r.reference, &r.ratio, &r.notes];
+            println!("{}{}", modules::ROW_MARK, fields.map(|f| f.as_str()).join("\t"));
+        }
+        return;
+    }
     print_table(&rows, quick, started.elapsed());
 }
 

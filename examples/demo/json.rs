@@ -117,6 +117,8 @@ fn progress(p: &proto::BuildProgress) -> Value {
         copies_done,
         copies_expected,
         copying,
+        copy_bytes_done,
+        copy_bytes_expected,
     } = p;
     json!({
         "generation_uuid": generation_uuid,
@@ -128,6 +130,8 @@ fn progress(p: &proto::BuildProgress) -> Value {
         "copies_done": copies_done,
         "copies_expected": copies_expected,
         "copying": copying,
+        "copy_bytes_done": copy_bytes_done,
+        "copy_bytes_expected": copy_bytes_expected,
     })
 }
 
@@ -163,6 +167,8 @@ mod tests {
                 building: vec!["/nix/store/x-a.drv".into()],
                 copies_expected: 2,
                 copying: vec!["/nix/store/x-a".into()],
+                copy_bytes_done: 10,
+                copy_bytes_expected: 11,
                 ..Default::default()
             }),
             ..Default::default()
@@ -173,10 +179,11 @@ mod tests {
         assert_eq!(json["is_building"], Value::Null);
         assert_eq!(json["build_progress"]["done"], 3);
         assert_eq!(json["build_progress"]["building"][0], "/nix/store/x-a.drv");
-        assert_eq!(json["build_progress"].as_object().unwrap().len(), 9);
+        assert_eq!(json["build_progress"].as_object().unwrap().len(), 11);
         assert_eq!(json["build_progress"]["copies_done"], 0);
         assert_eq!(json["build_progress"]["copies_expected"], 2);
         assert_eq!(json["build_progress"]["copying"][0], "/nix/store/x-a");
+        assert_eq!(json["build_progress"]["copy_bytes_expected"], 11);
         let g = &json["generation"];
         assert_eq!(g.as_object().unwrap().len(), 29);
         assert_eq!(g["eval_usage"]["peak_memory_bytes"], 1 << 30);

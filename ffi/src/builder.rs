@@ -275,12 +275,14 @@ pub unsafe extern "C" fn genbuild_state(
 ///   the reader lagged), drv_path 6 (the derivation whose builder printed the line;
 ///   empty for Nix's own messages);
 /// * 17 BuildProgress (during a build, at most about ten a second, the last one
-///   always sent): generation_uuid 1, then Nix's count of derivations as uint64s:
-///   done 2, expected 3, running 4, failed 5, and building 6 (repeated string: the
-///   .drv paths building now); then the store paths Nix copies (to and from remote
+///   always sent, each one consistent snapshot): generation_uuid 1, then the
+///   derivations of the build as uint64s: done 2, expected 3, running 4, failed 5,
+///   and building 6 (repeated string: the .drv paths building now, as many as
+///   running); then the store paths Nix copies (to and from remote
 ///   builders, from substituters), counted in paths as uint64s: copies_done 7,
 ///   copies_expected 8 (as far as known yet), and copying 9 (repeated string: the
-///   paths being copied now).
+///   paths being copied now); then the bytes of those copies, 0 where Nix reports
+///   none: copy_bytes_done 10, copy_bytes_expected 11.
 ///
 /// Later versions may add kinds and fields: skip the ones you do not know, as
 /// protobuf decoders do.

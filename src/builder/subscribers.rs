@@ -12,17 +12,21 @@
 //! forgotten, oldest first.
 //!
 //! Progress is coalesced: a job reports it as often as Nix prints it, a subscriber
-//! gets it at most every [`PROGRESS_INTERVAL`]. A report held back is sent with the
-//! job's next output after the interval, and at the latest just before the job's end
-//! is published, never dropped; the latest one is always at hand for the builder's
-//! state.
+//! gets it at most every [`PROGRESS_INTERVAL`]. A report held back is sent once the
+//! interval since the last one passed: with the job's next output, or by the job's
+//! flusher, a thread that sleeps until then (a long build prints nothing for minutes,
+//! and its state must not wait for the next line); at the latest just before the job's
+//! end is published, never dropped. The flusher starts with the first report held back
+//! and ends with the job's log sink. The latest report is always at hand for the
+//! builder's state.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use prost::Message;
 
 use crate::job::{JobOutput, LogSink, Progress};
@@ -37,12 +41,16 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 pub(super) struct Subscribers {
     backlog_bytes: usize,
     inner: Mutex<Inner>,
+    /// Wakes the flushers: a report was held back, or a sink went.
+    held_back: Condvar,
 }
 
 #[derive(Default)]
 struct Inner {
     list: Vec<Subscriber>,
     progress: Option<LatestProgress>,
+    /// Jobs whose log sink went: their flushers end.
+    sinks_gone: Vec<JobId>,
 }
 
 struct Subscriber {
@@ -72,7 +80,7 @@ enum Delivery {
 
 impl Subscribers {
     pub(super) fn new(backlog_bytes: usize) -> Subscribers {
-        Subscribers { backlog_bytes, inner: Mutex::default() }
+        Subscribers { backlog_bytes, inner: Mutex::default(), held_back: Condvar::new() }
     }
 
     pub(super) fn subscribe(&self) -> Receiver<Event> {
@@ -113,6 +121,7 @@ impl Subscribers {
         phase: log_line::Phase,
     ) -> LogSink {
         let subscribers = self.clone();
+        let flusher = FlusherGuard { subscribers: self.clone(), job, thread: OnceLock::new() };
         Arc::new(move |output| {
             let bound = subscribers.backlog_bytes;
             let mut inner = subscribers.inner.lock();
@@ -136,9 +145,60 @@ impl Subscribers {
                     };
                     inner.broadcast_line(line, bound);
                 }
-                JobOutput::Progress(progress) => inner.progress(job, &generation_uuid, progress, bound),
+                JobOutput::Progress(progress) => {
+                    if inner.progress(job, &generation_uuid, progress, bound) {
+                        drop(inner);
+                        flusher.start();
+                        subscribers.held_back.notify_all();
+                    }
+                }
             }
         })
+    }
+
+    /// Sends job `job`'s held-back progress once the interval since the last report
+    /// passed, until the job's sink goes.
+    fn flush(&self, job: JobId) {
+        let mut inner = self.inner.lock();
+        while !inner.sinks_gone.contains(&job) {
+            let held = inner.progress.as_ref().filter(|p| p.job == job && p.held_back);
+            match held.map(|p| p.sent_at.map_or(Instant::now(), |at| at + PROGRESS_INTERVAL)) {
+                Some(due) if Instant::now() >= due => inner.send_held_back_progress(job, self.backlog_bytes),
+                Some(due) => drop(self.held_back.wait_until(&mut inner, due)),
+                None => self.held_back.wait(&mut inner),
+            }
+        }
+        inner.sinks_gone.retain(|gone| *gone != job);
+    }
+}
+
+/// A job's flusher thread, started with the first report held back; ended and joined
+/// when the job's log sink goes.
+struct FlusherGuard {
+    subscribers: Arc<Subscribers>,
+    job: JobId,
+    thread: OnceLock<Option<JoinHandle<()>>>,
+}
+
+impl FlusherGuard {
+    fn start(&self) {
+        self.thread.get_or_init(|| {
+            let (subscribers, job) = (self.subscribers.clone(), self.job);
+            let spawned = std::thread::Builder::new()
+                .name("genbuild-progress".into())
+                .spawn(move || subscribers.flush(job));
+            // Without a flusher, held-back progress goes with the next output, as before.
+            spawned.map_err(|e| log::warn!("cannot start a progress flusher: {e}")).ok()
+        });
+    }
+}
+
+impl Drop for FlusherGuard {
+    fn drop(&mut self) {
+        let Some(Some(thread)) = self.thread.take() else { return };
+        self.subscribers.inner.lock().sinks_gone.push(self.job);
+        self.subscribers.held_back.notify_all();
+        let _ = thread.join();
     }
 }
 
@@ -165,7 +225,8 @@ impl Inner {
         });
     }
 
-    fn progress(&mut self, job: JobId, generation_uuid: &str, progress: &Progress, bound: usize) {
+    /// Takes job `job`'s latest report; true when it is held back for later.
+    fn progress(&mut self, job: JobId, generation_uuid: &str, progress: &Progress, bound: usize) -> bool {
         let report = proto::BuildProgress {
             generation_uuid: generation_uuid.to_string(),
             done: progress.done,
@@ -176,10 +237,13 @@ impl Inner {
             copies_done: progress.copies_done,
             copies_expected: progress.copies_expected,
             copying: progress.copying.clone(),
+            copy_bytes_done: progress.copy_bytes_done,
+            copy_bytes_expected: progress.copy_bytes_expected,
         };
         let sent_at = self.progress.as_ref().filter(|p| p.job == job).and_then(|p| p.sent_at);
         self.progress = Some(LatestProgress { job, report, sent_at, held_back: true });
         self.send_held_back_progress(job, bound);
+        self.progress.as_ref().is_some_and(|p| p.held_back)
     }
 
     /// Sends job `job`'s held-back progress if the interval since the last one passed.
@@ -267,6 +331,7 @@ mod tests {
         let mut progress = Progress::default();
         (progress.done, progress.expected, progress.running, progress.failed) = (1, 4, 2, 1);
         (progress.copies_done, progress.copies_expected) = (3, 5);
+        (progress.copy_bytes_done, progress.copy_bytes_expected) = (10, 11);
         progress.building = vec!["/nix/store/x-b.drv".into()];
         progress.copying = vec!["/nix/store/x-a".into()];
         sink(JobOutput::Progress(&progress));
@@ -280,6 +345,8 @@ mod tests {
             copies_done: 3,
             copies_expected: 5,
             copying: vec!["/nix/store/x-a".into()],
+            copy_bytes_done: 10,
+            copy_bytes_expected: 11,
         };
         assert_eq!(subscribers.latest_progress().as_ref(), Some(&expected));
         let Some(event::Kind::BuildProgress(sent)) = events.try_recv().unwrap().kind else { panic!() };
@@ -307,5 +374,27 @@ mod tests {
         assert_eq!(sent.last(), Some(&1000), "the last one always");
         assert!(sent.len() <= 3, "a burst is coalesced: {sent:?}");
         assert_eq!(subscribers.latest_progress(), None, "forgotten once the job ended");
+    }
+
+    #[test]
+    fn a_held_back_report_is_sent_without_further_output_and_the_flusher_ends_with_the_sink() {
+        let subscribers = Arc::new(Subscribers::new(1 << 20));
+        let events = subscribers.subscribe();
+        let sink = subscribers.log_sink(JobId(1), "g".into(), log_line::Phase::Build);
+        for done in 1..=3 {
+            sink(JobOutput::Progress(&Progress { done, expected: 3, ..Default::default() }));
+        }
+        let done = |event: Event| match event.kind {
+            Some(event::Kind::BuildProgress(p)) => p.done,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(done(events.recv_timeout(Duration::from_secs(5)).unwrap()), 1, "the first at once");
+        // Nothing else comes from the job: the flusher sends the latest after the interval.
+        assert_eq!(done(events.recv_timeout(Duration::from_secs(5)).unwrap()), 3, "the latest, flushed");
+        assert!(events.is_empty());
+        assert_eq!(Arc::strong_count(&subscribers), 4, "the sink, its guard and its flusher hold it");
+        drop(sink);
+        assert_eq!(Arc::strong_count(&subscribers), 1, "the flusher ended and was joined with the sink");
+        assert!(subscribers.inner.lock().sinks_gone.is_empty());
     }
 }

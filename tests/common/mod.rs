@@ -324,9 +324,11 @@ pub fn daemon(nonce: &str, keep_pipes: bool) -> String {
     )
 }
 
-/// Minutes of Nix evaluation on the CPU: a 10,000-deep recursion, a million times.
-pub const ENDLESS_EVAL: &str = "(let f = n: if n == 0 then 0 else 1 + f (n - 1); \
-    in toString (builtins.foldl' (a: i: a + builtins.seq (f 10000) i) 0 (builtins.genList (x: x) 1000000)))";
+/// Minutes of Nix evaluation on the CPU: nested `foldl'` over `genList`, 10^11 additions
+/// without deep recursion (Nix 2.20 and later stop a 10,000-deep one at once:
+/// `max-call-depth`).
+pub const ENDLESS_EVAL: &str = "(let inner = builtins.genList (x: x) 100000; in toString (builtins.foldl' \
+    (a: i: a + builtins.foldl' (b: j: b + j) 0 inner) 0 (builtins.genList (x: x) 1000000)))";
 
 /// User + system CPU time of `pid`, in clock ticks (10 ms).
 pub fn cpu_ticks(pid: i32) -> u64 {

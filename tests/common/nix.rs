@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 use super::HANG;
 #[allow(unused_imports)] // not every test binary uses all of them
 pub use super::{assert_no_process, nonce, processes_with, rs};
+use genbuild::executor::NixVersion;
 use genbuild::{
     proto, Builder, BuilderConfig, Executor, FlakeExecutor, Job, JobContext, NixExecutor, NixOptions, Store,
 };
@@ -34,9 +35,33 @@ pub fn nix_or_skip() -> bool {
     found
 }
 
-/// A builder script that says it started, then sleeps 300 s (both processes carry `nonce`).
+/// The version of the `nix` on `PATH`, asked once.
+pub fn nix_version() -> NixVersion {
+    static VERSION: std::sync::OnceLock<NixVersion> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let out = Command::new("nix").arg("--version").output().expect("nix --version");
+        NixVersion::parse(&String::from_utf8_lossy(&out.stdout)).expect("a Nix version")
+    })
+}
+
+/// What `nix build` takes to build the outputs of `drv_path` (`DRV^*` from Nix 2.15 on).
+pub fn installable(drv_path: &str) -> String {
+    if nix_version().needs_all_outputs_suffix() {
+        format!("{drv_path}^*")
+    } else {
+        drv_path.to_string()
+    }
+}
+
+/// A builder script that says it started, then sleeps 300 s (the shell and the
+/// `sleep` carry `nonce`), saying so every 0.1 s: Nix 2.34 can lose an interrupt while
+/// every builder is silent (its worker's `poll` has no timeout), so that a killed
+/// client's daemon, or a nix-store given SIGTERM, would let a silent builder run on
+/// until it prints something.
 pub fn sleeper(nonce: &str) -> String {
-    format!("echo started {nonce}; /bin/sleep 300.{nonce}; echo > $out")
+    format!(
+        "echo started {nonce}; /bin/sleep 300.{nonce} & while kill -0 $! 2>/dev/null; do /bin/sleep 0.1; echo sleeping; done; echo > $out"
+    )
 }
 
 /// `x86_64-linux` and the like, for flakes (pure evaluation has no `currentSystem`).

@@ -214,16 +214,24 @@ impl Remote {
         all
     }
 
-    /// Connects once the way Nix will (`nix store ping` through the wrapper): a broken
-    /// setup fails here with sshd's log rather than as a failed build. Also checks that
-    /// Nix made a store in the empty directory, and that the session went away.
+    /// Connects once the way Nix will (`nix store info`, `nix store ping` before Nix
+    /// 2.19, through the wrapper): a broken setup fails here with sshd's log rather than
+    /// as a failed build. Also checks that Nix made a store in the empty directory, and
+    /// that the session went away.
     fn check_connection(&self) {
+        let info = if super::nix::nix_version()
+            >= genbuild::executor::NixVersion::parse("nix (Nix) 2.19").unwrap()
+        {
+            "info"
+        } else {
+            "ping"
+        };
         let mut ping = Command::new("nix");
-        ping.args(["--extra-experimental-features", "nix-command", "store", "ping", "--store"])
+        ping.args(["--extra-experimental-features", "nix-command", "store", info, "--store"])
             .arg(self.builders(Protocol::SshNg))
             .env("NIX_SSHOPTS", self.ssh_opts());
         let (ok, output) = run_bounded(ping, &self.dir.path().join("ping.log"));
-        assert!(ok, "`nix store ping` of the remote failed:\n{output}\nsshd's log:\n{}", self.log());
+        assert!(ok, "`nix store {info}` of the remote failed:\n{output}\nsshd's log:\n{}", self.log());
         assert!(self.store_dir().is_dir(), "the remote made no store in {}", self.store_dir().display());
         let left = wait_gone(|| self.processes(None), START_BOUND);
         assert!(left.is_empty(), "the ping's session did not end: {}", describe(&left));

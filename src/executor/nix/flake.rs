@@ -14,10 +14,20 @@
 //! link with a plain name in a private temporary directory, removed after the
 //! evaluation. (Relative submodule URLs then resolve against the link's location, so
 //! such a repository's submodules need absolute URLs.)
+//!
+//! The reference names `ref=HEAD`: without a ref, Nix 2.20 and later read the
+//! repository's HEAD to pick one, and warn ("could not read HEAD ref") when it is
+//! detached, as a deploy tool's checkout often is; the commit is fetched by its `rev`
+//! either way. A shallow clone (`git clone --depth 1`, as many CI systems and GitOps
+//! tools clone) is named with `shallow=1`: without it Nix refuses a repository that
+//! lacks history (2.8 because it counts the revisions, 2.20 and later in so many
+//! words); should a Nix still refuse it, the error says that the clone is shallow and
+//! how to unshallow it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::log::SourceRoot;
 use super::source::{self, GitTree, TempDir};
 use super::{executor_over_core, Core, Evaluation, Kind, NIX_HELPERS};
 use crate::job::JobContext;
@@ -86,11 +96,21 @@ pub(super) fn evaluation(
         Some(path) => (path.to_string(), None),
         None => linked(&repository)?,
     };
-    let flake_ref = flake_ref(&url_path, &req.commit_id, &dir.join("/"), req.submodules);
+    let shallow = is_shallow(&repository);
+    let flake_ref = flake_ref(&url_path, &req.commit_id, &dir.join("/"), req.submodules, shallow);
     let mut command = core.command("nix", FEATURES);
     command.args(["eval", "--json", "--argstr", "flakeRef", &flake_ref]);
     let last_args = vec!["--expr".into(), expression(), "f.result".into()];
-    Ok(Evaluation { command, last_args, source: link })
+    let roots = vec![SourceRoot::Origin(format!("git+file://{url_path}"))];
+    let hint = shallow.then(|| {
+        format!(
+            "{} is a shallow clone, which this Nix may not evaluate: fetch its whole history \
+             (`git -C {} fetch --unshallow`), or clone it without --depth",
+            repository.display(),
+            repository.display()
+        )
+    });
+    Ok(Evaluation { command, last_args, source: link, roots, hint })
 }
 
 /// `nix build DRV --out-link ROOT` (`DRV^*` where Nix needs it): the output is rooted
@@ -111,15 +131,24 @@ pub(super) fn build_command(
     Ok(cmd)
 }
 
-/// `git+file://PATH?rev=COMMIT[&dir=DIR][&submodules=1]`; `path` is URL-safe.
-fn flake_ref(path: &str, commit: &str, dir: &str, submodules: bool) -> String {
-    let mut url = format!("git+file://{path}?rev={commit}");
+/// Whether `repository` (a work tree or a bare repository) is a shallow clone.
+fn is_shallow(repository: &Path) -> bool {
+    repository.join(".git/shallow").is_file() || repository.join("shallow").is_file()
+}
+
+/// `git+file://PATH?ref=HEAD&rev=COMMIT[&dir=DIR][&submodules=1][&shallow=1]`; `path`
+/// is URL-safe.
+fn flake_ref(path: &str, commit: &str, dir: &str, submodules: bool, shallow: bool) -> String {
+    let mut url = format!("git+file://{path}?ref=HEAD&rev={commit}");
     if !dir.is_empty() {
         url.push_str("&dir=");
         url.push_str(&encode_query_value(dir));
     }
     if submodules {
         url.push_str("&submodules=1");
+    }
+    if shallow {
+        url.push_str("&shallow=1");
     }
     url
 }
@@ -175,10 +204,13 @@ mod tests {
     #[test]
     fn flake_refs_carry_only_safe_paths_and_encoded_dirs() {
         let commit = "a".repeat(40);
-        assert_eq!(flake_ref("/srv/r", &commit, "", false), format!("git+file:///srv/r?rev={commit}"));
         assert_eq!(
-            flake_ref("/srv/r", &commit, "hosts/x&rev=0 #%", true),
-            format!("git+file:///srv/r?rev={commit}&dir=hosts/x%26rev%3D0%20%23%25&submodules=1")
+            flake_ref("/srv/r", &commit, "", false, false),
+            format!("git+file:///srv/r?ref=HEAD&rev={commit}")
+        );
+        assert_eq!(
+            flake_ref("/srv/r", &commit, "hosts/x&rev=0 #%", true, true),
+            format!("git+file:///srv/r?ref=HEAD&rev={commit}&dir=hosts/x%26rev%3D0%20%23%25&submodules=1&shallow=1")
         );
         assert_eq!(encode_query_value("hosts/é\n"), "hosts/%C3%A9%0A");
     }

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::log::SourceRoot;
 use super::source::{self, TempDir};
 use super::{executor_over_core, Core, Evaluation, Kind, NIX_HELPERS};
 use crate::job::JobContext;
@@ -78,9 +79,15 @@ pub(super) fn evaluation(
     let tree = checkout.path().join("src");
     check_out(&req.repository_path, &tree, &req.commit_id, req.submodules, ctx)?;
     let path = source::resolve_in_checkout(&tree, subdir, &req.repository_subdir, &req.commit_id)?;
+    // Nix names the files by the canonical path given to it.
+    let roots = std::fs::canonicalize(&tree)
+        .ok()
+        .and_then(|tree| tree.to_str().map(|t| vec![SourceRoot::Dir(t.to_string())]))
+        .unwrap_or_default();
     let mut command = core.command("nix-instantiate", ["--eval", "--strict", "--json", "--read-write-mode"]);
     command.arg("--argstr").arg("path").arg(path);
-    Ok(Evaluation { command, last_args: vec!["--expr".into(), expression()], source: Some(checkout) })
+    let last_args = vec!["--expr".into(), expression()];
+    Ok(Evaluation { command, last_args, source: Some(checkout), roots, hint: None })
 }
 
 /// `nix-store --realise DRV --add-root ROOT --indirect`: the output is rooted by the

@@ -11,10 +11,31 @@
 //! * `result`s of an activity: 101 a build log line (`fields[0]`), attributed through
 //!   the activity to its derivation; 105 the progress `[done, expected, running,
 //!   failed]` of the builds activity (and of the copy-paths activity of
-//!   substitutions); 106 set-expected and others, not shown;
+//!   substitutions; `[bytes, total]` of a copy-path activity from Nix 2.26 on); 106
+//!   set-expected and others, not shown;
 //! * `msg`: Nix's own messages, level 0 for errors (also `trace:` output), with
 //!   terminal colour codes in `msg` and `raw_msg` (the message without its `error:`
-//!   prefix and location).
+//!   prefix and location), the location in `file`, `line`, `column`.
+//!
+//! **Progress** is what this parser observes, not Nix's counters as they come: Nix
+//! updates its counters before the build activity they count stops (so a derivation
+//! would show built and still building), and from Nix 2.30 on its `expected` is one
+//! too high after each build and at the end (a chain of three ends `[3,4,0,0]`). A
+//! derivation is building from its build activity's start to its stop (a remote
+//! build's two activities, the local one and the remote's, count once); it is built,
+//! or failed, once its last activity stopped: failed when Nix counted a failure it has
+//! not yet been given, built otherwise. `expected` is the number of derivations Nix
+//! announced to build (`these N derivations will be built:` is followed by one message
+//! per `.drv` path; only the paths are read), or Nix's own count where it announced
+//! none (`nix build` on 2.8), and never less than built + building + failed. So every
+//! report is one consistent snapshot, and a build of N derivations ends at N of N.
+//!
+//! **Locations.** From Nix 2.20 on `file` holds the location again (`…/default.nix:1:7`
+//! beside `line` 1 and `column` 7), and a flake's file is named by its origin
+//! (`«git+file:///repo?ref=…&rev=…»/flake.nix`); 2.8 gives a plain path. An error's
+//! location is shown once, `(at PATH:LINE:COLUMN)`, with PATH relative to the
+//! repository where it is a file of the evaluated source ([`SourceRoot`]), as Nix
+//! shows it otherwise; an `--expr`'s own locations (`«string»`) are not shown.
 //!
 //! With a remote builder, the build hook's activities come through too, and so do the
 //! remote Nix's own (its builds activity, with counters of its own, and a build
@@ -40,7 +61,7 @@
 //! JSON are logged as they came.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::Value;
 
@@ -77,6 +98,16 @@ const LONG_LINE_BYTES: usize = 4 << 20;
 /// bytes of a character).
 const CUT_PIECE_BYTES: usize = MAX_LINE - 3;
 
+/// Where the evaluated source is, so that a location in it is shown relative to the
+/// repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SourceRoot {
+    /// A directory holding the repository's tree (the legacy checkout).
+    Dir(String),
+    /// A flake origin, `git+file:///path` (Nix adds the query).
+    Origin(String),
+}
+
 /// What one line of Nix's log gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event<'a> {
@@ -95,15 +126,24 @@ pub(crate) struct NixLog {
     builds: Option<u64>,
     /// `[done, expected, running, failed]` of that builds activity.
     counters: [u64; 4],
+    /// Derivations Nix announced to build.
+    planned: HashSet<String>,
     /// Builds running now: activity id and derivation, in start order.
     building: Vec<(u64, String)>,
+    /// Derivations whose builds ended, built and failed.
+    built: HashSet<String>,
+    failed_builds: HashSet<String>,
     /// Copy-path activities that ended.
     copies_done: u64,
     /// Paths that the copy-paths activities that ended announced to copy.
     copies_announced_ended: u64,
     /// Copies running now: activity id and store path, in start order.
     copying: Vec<(u64, String)>,
+    /// Bytes copied and to copy by the copy-path activities that ended.
+    copy_bytes_ended: (u64, u64),
     reported: Progress,
+    /// Where the evaluated source is.
+    sources: Vec<SourceRoot>,
     /// Last lines of running and recently stopped builds, by derivation.
     tails: HashMap<String, Tail>,
     stopped: VecDeque<String>,
@@ -124,11 +164,19 @@ struct Activity {
     drv_path: Option<String>,
     /// Of a copy-paths activity: the paths it announced to copy.
     announced: u64,
+    /// Of a copy-path activity: bytes copied and to copy, as far as Nix said.
+    bytes: (u64, u64),
 }
 
 impl NixLog {
+    #[cfg(test)]
     pub(crate) fn new() -> NixLog {
         NixLog::default()
+    }
+
+    /// A log whose error locations in `sources` are shown relative to the repository.
+    pub(crate) fn with_sources(sources: Vec<SourceRoot>) -> NixLog {
+        NixLog { sources, ..NixLog::default() }
     }
 
     /// Reads one stderr line of a Nix command (or a piece of a long one, as the pipe
@@ -238,7 +286,7 @@ impl NixLog {
             }
             _ => {}
         }
-        self.activities.insert(id, Activity { kind, drv_path, announced });
+        self.activities.insert(id, Activity { kind, drv_path, announced, bytes: (0, 0) });
         if announced > 0 {
             self.report(emit);
         }
@@ -252,12 +300,20 @@ impl NixLog {
             self.copying.retain(|(copy, _)| *copy != id);
             if self.copying.len() < copying {
                 self.copies_done += 1;
+                let (done, total) = activity.bytes;
+                let (ended_done, ended_total) = self.copy_bytes_ended;
+                self.copy_bytes_ended =
+                    (ended_done.saturating_add(done.max(total)), ended_total.saturating_add(total));
                 self.report(emit);
             }
             return;
         }
         if let (ACT_BUILD, Some(drv)) = (activity.kind, activity.drv_path) {
             self.building.retain(|(building, _)| *building != id);
+            // A remote build's other activity still runs: not ended yet.
+            if !self.building.iter().any(|(_, d)| *d == drv) {
+                self.ended(&drv);
+            }
             self.stopped.push_back(drv);
             while self.stopped.len() > RECENTLY_STOPPED {
                 if let Some(old) = self.stopped.pop_front() {
@@ -267,6 +323,21 @@ impl NixLog {
                 }
             }
             self.report(emit);
+        }
+    }
+
+    /// The build of `drv` ended: failed when Nix counted a failure not yet given to a
+    /// derivation (it counts before the activity stops) or an error named it, built
+    /// otherwise.
+    fn ended(&mut self, drv: &str) {
+        if self.built.contains(drv) || self.failed_builds.contains(drv) {
+            return;
+        }
+        let unattributed_failure = self.counters[3] > self.failed_builds.len() as u64;
+        if unattributed_failure || self.failed.iter().any(|(d, _)| d == drv) {
+            self.failed_builds.insert(drv.to_string());
+        } else {
+            self.built.insert(drv.to_string());
         }
     }
 
@@ -291,6 +362,11 @@ impl NixLog {
                 activity.announced = field(1);
                 self.report(emit);
             }
+            // Bytes of one copy (Nix 2.26 and later).
+            Some(RES_PROGRESS) if activity.kind == ACT_COPY_PATH => {
+                activity.bytes = (field(0), field(1).max(field(0)));
+                self.report(emit);
+            }
             _ => {}
         }
     }
@@ -298,7 +374,18 @@ impl NixLog {
     fn msg(&mut self, value: &Value, emit: &mut dyn FnMut(Event<'_>)) {
         let shown = value["msg"].as_str().unwrap_or_default();
         emit_lines(&strip_ansi(shown), None, emit);
-        if value["level"].as_u64() != Some(LVL_ERROR) {
+        let level = value["level"].as_u64();
+        if level == Some(LVL_INFO) {
+            // One derivation of the plan (`these N derivations will be built:` and
+            // then each path, indented, as a message of its own).
+            if let Some(drv) = planned_derivation(shown) {
+                if self.planned.insert(drv.to_string()) {
+                    self.report(emit);
+                }
+            }
+            return;
+        }
+        if level != Some(LVL_ERROR) {
             return;
         }
         let raw = value["raw_msg"].as_str().unwrap_or(shown);
@@ -311,20 +398,48 @@ impl NixLog {
                 self.failed.push((drv.clone(), tail.text()));
             }
         }
-        // The location of an error in a file (not in an `--expr`, whose "file" is the
-        // expression itself).
-        let location = match (value["file"].as_str(), value["line"].as_u64()) {
-            (Some(file), Some(line)) if file.starts_with('/') && !file.contains('\n') => {
-                format!(" (at {file}:{line}:{})", value["column"].as_u64().unwrap_or_default())
-            }
-            _ => String::new(),
-        };
+        let location = self.location(value).map(|at| format!(" (at {at})")).unwrap_or_default();
         self.errors.push(format!("{text}{location}"));
     }
 
-    /// Reports the progress if it changed.
+    /// `PATH:LINE:COLUMN` of a message, if it has a location in a file.
+    fn location(&self, value: &Value) -> Option<String> {
+        let (file, line) = (value["file"].as_str()?, value["line"].as_u64()?);
+        let column = value["column"].as_u64().unwrap_or_default();
+        // From Nix 2.20 on, `file` ends with the location again.
+        let file = file.strip_suffix(&format!(":{line}:{column}")).unwrap_or(file);
+        if file.contains('\n') {
+            return None;
+        }
+        let path = if let Some(origin) = file.strip_prefix('«') {
+            // `«ORIGIN»/PATH`; an origin without a path is an expression (`«string»`).
+            let (origin, path) = origin.split_once("»/")?;
+            let ours = self.sources.iter().any(|source| match source {
+                SourceRoot::Origin(url) => {
+                    origin == url
+                        || origin.strip_prefix(url.as_str()).is_some_and(|rest| rest.starts_with('?'))
+                }
+                SourceRoot::Dir(_) => false,
+            });
+            if ours {
+                path.to_string()
+            } else {
+                file.to_string()
+            }
+        } else if file.starts_with('/') {
+            let relative = self.sources.iter().find_map(|source| match source {
+                SourceRoot::Dir(dir) => file.strip_prefix(dir.as_str())?.strip_prefix('/'),
+                SourceRoot::Origin(_) => None,
+            });
+            relative.unwrap_or(file).to_string()
+        } else {
+            return None;
+        };
+        Some(format!("{path}:{line}:{column}"))
+    }
+
+    /// Reports the progress if it changed: one snapshot of what was observed.
     fn report(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
-        let [done, expected, running, failed] = self.counters;
         // A remote build shows twice: the local build activity and the remote's.
         let mut building: Vec<String> = Vec::with_capacity(self.building.len());
         for (_, drv) in &self.building {
@@ -332,13 +447,34 @@ impl NixLog {
                 building.push(drv.clone());
             }
         }
+        let (done, failed, running) =
+            (self.built.len() as u64, self.failed_builds.len() as u64, building.len() as u64);
+        let announced = if self.planned.is_empty() { self.counters[1] } else { self.planned.len() as u64 };
+        let expected = announced.max(done + running + failed);
         let copying: Vec<String> = self.copying.iter().map(|(_, path)| path.clone()).collect();
         let copies_done = self.copies_done;
-        let announced =
+        let copies_announced =
             self.activities.values().fold(self.copies_announced_ended, |n, a| n.saturating_add(a.announced));
-        let copies_expected = announced.max(copies_done.saturating_add(copying.len() as u64));
-        let progress =
-            Progress { done, expected, running, failed, building, copies_done, copies_expected, copying };
+        let copies_expected = copies_announced.max(copies_done.saturating_add(copying.len() as u64));
+        let (mut copy_bytes_done, mut copy_bytes_expected) = self.copy_bytes_ended;
+        for (id, _) in &self.copying {
+            if let Some(Activity { bytes: (done, total), .. }) = self.activities.get(id) {
+                copy_bytes_done = copy_bytes_done.saturating_add(*done);
+                copy_bytes_expected = copy_bytes_expected.saturating_add(*total);
+            }
+        }
+        let progress = Progress {
+            done,
+            expected,
+            running,
+            failed,
+            building,
+            copies_done,
+            copies_expected,
+            copying,
+            copy_bytes_done,
+            copy_bytes_expected,
+        };
         if progress != self.reported {
             self.reported = progress;
             emit(Event::Progress(&self.reported));
@@ -379,6 +515,14 @@ fn parse(line: &str) -> Result<Value, serde_json::Error> {
 fn paths_announced(text: &str) -> u64 {
     let count = text.strip_prefix("copying ").and_then(|t| t.strip_suffix(" paths"));
     count.and_then(|n| n.parse().ok()).unwrap_or_default()
+}
+
+/// The `.drv` path a message of Nix's plan consists of (`  /nix/store/…-x.drv`).
+fn planned_derivation(msg: &str) -> Option<&str> {
+    let path = msg.trim();
+    let name = path.strip_prefix('/')?.rsplit('/').next()?;
+    let plain = !path.contains(char::is_whitespace) && !path.contains('\x1b');
+    (plain && name.ends_with(".drv") && path.len() > name.len() + 1).then_some(path)
 }
 
 /// Emits each line of `text`.

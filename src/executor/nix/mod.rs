@@ -124,6 +124,10 @@ struct Evaluation {
     command: Command,
     last_args: Vec<String>,
     source: Option<source::TempDir>,
+    /// Where the evaluated files are, for error locations relative to the repository.
+    roots: Vec<log::SourceRoot>,
+    /// A line for the error text, should the evaluation fail.
+    hint: Option<String>,
 }
 
 /// What both executors are made of: the options, the detected version, the roots.
@@ -169,8 +173,13 @@ impl Core {
     /// Runs a command made by [`command`](Core::command): Nix's log becomes log lines
     /// (attributed to their derivation) and progress; a failure's error text is Nix's
     /// messages and the failing derivation's last lines, not Nix's raw log.
-    fn run(&self, ctx: &JobContext, cmd: Command) -> Result<CommandOutput, JobError> {
-        let mut nix_log = log::NixLog::new();
+    fn run(
+        &self,
+        ctx: &JobContext,
+        cmd: Command,
+        roots: Vec<log::SourceRoot>,
+    ) -> Result<CommandOutput, JobError> {
+        let mut nix_log = log::NixLog::with_sources(roots);
         let mut emit = |event: log::Event<'_>| match event {
             log::Event::Line { drv_path: Some(drv), text } => ctx.log_derivation(Stream::Stderr, drv, text),
             log::Event::Line { drv_path: None, text } => ctx.log(Stream::Stderr, text),
@@ -242,7 +251,7 @@ impl Core {
         let subdir = request::subdir(&req.repository_subdir)?;
         let system_attr = request::attr_path_json("system attribute", &req.system_attr)?;
         let machine_id_path = request::attr_path_json("machine id attribute", &self.options.machine_id_attr)?;
-        let Evaluation { mut command, last_args, source } = match self.kind {
+        let Evaluation { mut command, last_args, source, roots, hint } = match self.kind {
             Kind::Legacy => legacy::evaluation(self, req, &subdir, ctx)?,
             Kind::Flake => flake::evaluation(self, req, &subdir, ctx)?,
         };
@@ -250,7 +259,13 @@ impl Core {
         command.args(["--argstr", "systemAttr", &system_attr]);
         command.args(["--argstr", "machineIdPath", &machine_id_path]);
         command.args(last_args);
-        let output = self.run(ctx, command);
+        let output = self.run(ctx, command, roots).map_err(|e| match (e, hint) {
+            (JobError::Command(mut failure), Some(hint)) => {
+                failure.stderr_tail = format!("{}\n{hint}", failure.stderr_tail);
+                JobError::Command(failure)
+            }
+            (e, _) => e,
+        });
         drop(source);
         request::parse_eval_output(&output?.stdout)
     }
@@ -262,7 +277,7 @@ impl Core {
             Kind::Legacy => legacy::build_command(self, drv_path, &root),
             Kind::Flake => flake::build_command(self, drv_path, &root, ctx)?,
         };
-        self.run(ctx, cmd).map(drop)
+        self.run(ctx, cmd, Vec::new()).map(drop)
     }
 
     /// Asks the store, not the file system (a path may exist without being valid).
