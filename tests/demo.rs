@@ -284,7 +284,11 @@ fn json_for_scripts() {
     assert_eq!(state["hostname"], "web1");
     assert_eq!(state["is_building"], false);
     let g = &state["generation"];
-    assert_eq!(g.as_object().unwrap().len(), 27, "every field of Generation: {g:#}");
+    assert_eq!(g.as_object().unwrap().len(), 29, "every field of Generation: {g:#}");
+    for step in ["eval_usage", "build_usage"] {
+        assert!(g[step]["peak_memory_bytes"].as_u64().is_some_and(|b| b > 0), "{step}: {g:#}");
+        assert_eq!(g[step]["memory_limit_reached"], false, "{step}: {g:#}");
+    }
     assert_eq!(g["uuid"], state["generation_uuid"]);
     assert_eq!(g["build_status"], "built", "{built:?}");
     assert_eq!(g["selected_commit_id"], case.commit.as_str());

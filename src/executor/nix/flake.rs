@@ -24,8 +24,8 @@
 //! words); should a Nix still refuse it, the error says that the clone is shallow and
 //! how to unshallow it.
 
+use crate::process::Command;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::log::SourceRoot;
 use super::source::{self, GitTree, TempDir};

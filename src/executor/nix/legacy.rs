@@ -11,8 +11,8 @@
 //! world-readable store. The expression the caller's repository holds may be a
 //! function; it gets `hostname` if it asks for it.
 
+use crate::process::Command;
 use std::path::Path;
-use std::process::Command;
 
 use super::log::SourceRoot;
 use super::source::{self, TempDir};

@@ -28,7 +28,7 @@ mod version;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 
 pub use flake::FlakeExecutor;
@@ -37,6 +37,7 @@ pub use version::NixVersion;
 
 use crate::error::{CommandFailure, Exit};
 use crate::job::JobContext;
+use crate::process::Command;
 use crate::process::{CommandOutput, Stream};
 use crate::{EvalOutput, EvalRequest, JobError};
 use roots::Roots;
@@ -285,7 +286,8 @@ impl Core {
         if path.is_empty() {
             return false;
         }
-        let mut cmd = self.command("nix-store", ["--check-validity", path]);
+        // Not a job's command (the trait's method has no job): std runs it.
+        let mut cmd = self.command("nix-store", ["--check-validity", path]).to_std();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         match cmd.status() {
             Ok(status) => status.success(),

@@ -10,9 +10,9 @@
 //! message that depends on where the link points.) Links inside a submodule are
 //! resolved in the legacy checkout; a flake's are left to Nix's own check.
 
+use crate::process::Command;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::job::JobContext;
 use crate::process::Stream;
