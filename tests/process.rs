@@ -933,3 +933,29 @@ fn commands_run_at_the_nice_value_asked_for() {
         }
     }
 }
+
+/// A command that acts only on a second SIGTERM (as Nix 2.34 may, having lost the
+/// first while its builders were silent) ends within its grace: SIGTERM comes again
+/// every second, even when the grace never forces.
+#[test]
+fn sigterm_is_sent_again_during_the_grace() {
+    let n = nonce();
+    let script = format!(
+        "trap 'if [ -n \"$seen\" ]; then exit 0; fi; seen=1' TERM; echo started; \
+         while :; do sleep 0.05 || :; done; : 300.{n}"
+    );
+    let mut options = options(&Containment::ProcessTree, WaitStrategy::Pidfd);
+    options.kill_grace = Duration::MAX;
+    let (mut job, lines) = shell_job(script, HANG, options);
+    job.start();
+    wait_line(&lines, "started");
+    let (stopped, stopping) = crossbeam_channel::bounded(1);
+    let stopper = std::thread::spawn(move || {
+        job.stop();
+        let _ = stopped.send(job.error().cloned());
+    });
+    let error = stopping.recv_timeout(HANG).expect("stop() never returned: one SIGTERM only");
+    stopper.join().unwrap();
+    assert_eq!(error, Some(JobError::Cancelled(Some(CancelReason::Stopped))));
+    assert_none_left(&n, "a command that needed two SIGTERMs");
+}

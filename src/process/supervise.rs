@@ -27,6 +27,8 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 /// How long the processes of a command's group get to die of SIGKILL before the whole
 /// cgroup is killed (one may have forked as the signal came).
 const GROUP_KILL_WAIT: Duration = Duration::from_millis(5);
+/// How often a command that got SIGTERM gets it again during its grace.
+const TERM_AGAIN: Duration = Duration::from_secs(1);
 /// Without a cancel fd (none could be created), how often cancellation is checked.
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
 
@@ -210,12 +212,24 @@ impl Supervisor<'_, '_> {
             self.known = tree::descendants(&[tree::proc_id(pid.as_raw_nonzero().get())].into());
         }
         log::debug!("terminating `{}` (pid {pid})", self.description);
-        let _ = rustix::process::kill_process_group(pid, Signal::TERM);
-        let woke = self.pump(deadline_after(self.limits.grace), Phase::Terminating);
-        if let Woke::PollFailed(e) = woke {
-            log::error!("cannot poll for the exit of `{}` ({e}): killing it now", self.description);
+        let grace_ends = deadline_after(self.limits.grace);
+        loop {
+            let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+            // SIGTERM again every second of the grace: Nix 2.34 may lose an interrupt
+            // that comes while all its builders are silent (its worker polls without a
+            // timeout), and acts on the next one at once.
+            let again = Instant::now() + TERM_AGAIN;
+            let until = grace_ends.map_or(again, |end| end.min(again));
+            let woke = self.pump(Some(until), Phase::Terminating);
+            match woke {
+                Woke::Deadline if grace_ends.is_none_or(|end| Instant::now() < end) => continue,
+                Woke::PollFailed(e) => {
+                    log::error!("cannot poll for the exit of `{}` ({e}): killing it now", self.description)
+                }
+                _ => {}
+            }
+            return woke;
         }
-        woke
     }
 
     /// SIGKILL to whatever is left: the cgroup, or the tree below the known processes and
