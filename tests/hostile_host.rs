@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use common::*;
 use genbuild::{Containment, Job, JobContext, JobError, ProcessOptions, WaitStrategy};
@@ -33,15 +33,32 @@ fn escaping_script(nonce: &str) -> String {
     )
 }
 
+/// Placeholders at the descriptors a case closes, held by this test alone: closed
+/// (dropped) inside a job, so that what genbuild opens next lands on them, as it does in
+/// a daemon with its stdio closed. A descriptor some part of genbuild holds already
+/// (a waiter of an earlier case) is left to it.
+fn placeholders(fds: &[i32]) -> Vec<OwnedFd> {
+    let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+    fds.iter()
+        .filter(|&&fd| {
+            // SAFETY: a query of a descriptor number, whoever holds it.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags < 0
+        })
+        .map(|&fd| {
+            // SAFETY: `fd` is free (checked above): the copy is this test's alone.
+            unsafe {
+                assert_eq!(libc::dup3(std::os::fd::AsRawFd::as_raw_fd(&null), fd, libc::O_CLOEXEC), fd);
+                std::os::fd::FromRawFd::from_raw_fd(fd)
+            }
+        })
+        .collect()
+}
+
 /// Runs `script` in a job started the `path` way, under `containment`, with the
-/// descriptors `closed` closed while it starts (after the job's own, made with it);
-/// its stdout.
-fn run_job(
-    script: &str,
-    path: Path_,
-    containment: Containment,
-    closed: &'static [i32],
-) -> Result<String, JobError> {
+/// descriptors `closed` free when it starts the command; its stdout.
+fn run_job(script: &str, path: Path_, containment: Containment, closed: &[i32]) -> Result<String, JobError> {
+    let mut held = Some(placeholders(closed));
     let mut options = ProcessOptions::default();
     options.containment = containment;
     options.wait = match path {
@@ -52,7 +69,7 @@ fn run_job(
     let (tx, rx) = crossbeam_channel::bounded(1);
     let mut job = Job::new(
         move |ctx: &JobContext| {
-            let _closed = Closed::close(closed);
+            drop(held.take());
             let out = match path {
                 Path_::StdCommand => {
                     let mut cmd = std::process::Command::new("sh");
@@ -72,70 +89,80 @@ fn run_job(
     rx.recv_timeout(HANG).expect("the job sent nothing")
 }
 
-/// Closes `fds` until dropped, then puts them back.
-struct Closed(Vec<(i32, OwnedFd)>);
+const CLOSED_ENV: &str = "GENBUILD_TEST_CLOSED_FDS";
 
-impl Closed {
-    fn close(fds: &[i32]) -> Closed {
-        let saved = fds
-            .iter()
-            .map(|&fd| {
-                // SAFETY: a borrow of a standard descriptor open in a test process.
-                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                let copy = rustix::io::fcntl_dupfd_cloexec(borrowed, 10).unwrap();
-                // SAFETY: closes a descriptor of ours; the copy puts it back.
-                unsafe { libc::close(fd) };
-                (fd, copy)
-            })
-            .collect();
-        Closed(saved)
-    }
-}
-
-impl Drop for Closed {
-    fn drop(&mut self) {
-        for (fd, copy) in &self.0 {
-            // SAFETY: puts a copy of the descriptor back at its number.
-            unsafe { libc::dup2(copy.as_raw_fd(), *fd) };
-        }
-    }
-}
-
-/// Issue 21, item 1: with stdin, stdout or stderr closed in the host (a daemon), a
-/// command still runs in its own cgroup on every way genbuild starts one, prints
-/// nothing it did not print, and the `setsid` daemon it leaves dies with it.
+/// Issue 21, item 1: in a host that runs with stdin, stdout or stderr closed (a
+/// daemon), a command still runs in its own cgroup on every way genbuild starts one,
+/// prints nothing it did not print, and the `setsid` daemon it leaves dies with it.
+///
+/// Each set of closed descriptors is a process of its own (this test again), which
+/// closes them for good before it starts anything, as such a daemon does, and reports
+/// through a copy of stderr made before.
 #[test]
 fn with_stdio_closed_every_command_runs_in_its_cgroup_and_leaves_nothing() {
     let test = "with_stdio_closed_every_command_runs_in_its_cgroup_and_leaves_nothing";
     let Some(parent) = require_cgroup(test) else { return };
-    if !alone(test) {
-        return;
+    if let Ok(closed) = std::env::var(CLOSED_ENV) {
+        let closed: Vec<i32> = closed.split(',').map(|fd| fd.parse().unwrap()).collect();
+        run_with_fds_closed(&closed, parent);
     }
-    let containments = [Containment::Auto, Containment::Cgroup(parent.clone())];
     for closed in CLOSED {
-        for path in [Path_::Clone, Path_::Portable, Path_::StdCommand] {
-            for containment in &containments {
-                let n = nonce();
-                let result = run_job(&escaping_script(&n), path, containment.clone(), closed);
-                let case = format!("fds {closed:?} closed, {path:?}, {containment:?}");
-                let left = processes_with(&n);
-                for &pid in &left {
-                    // SAFETY: kills a leftover of this test.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-                let out = result.unwrap_or_else(|e| panic!("{case}: {e}"));
-                let own = out.lines().find(|l| l.starts_with("0::")).unwrap_or_default();
-                assert!(own.contains("/genbuild-"), "{case}: ran in {out:?}");
-                // Every line is the command's: `ID:CONTROLLERS:PATH`, then "started".
-                let (cgroups, last) = out.trim_end().rsplit_once('\n').unwrap_or_default();
-                let well_formed = |l: &str| {
-                    l.split(':').count() == 3 && l.split(':').next().unwrap().parse::<u32>().is_ok()
-                };
-                assert!(cgroups.lines().all(well_formed) && last == "started", "{case}: {out:?}");
-                assert!(left.is_empty(), "{case}: the daemon outlived the job: {left:?}");
+        let list = closed.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CLOSED_ENV, &list)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stderr.contains("PASSED"),
+            "fds {closed:?} closed: {}\n{stderr}",
+            output.status
+        );
+    }
+}
+
+/// The cases of the test above, in a process whose `closed` descriptors are closed
+/// from here on; exits (libtest would print to a closed stdout).
+fn run_with_fds_closed(closed: &[i32], parent: std::path::PathBuf) -> ! {
+    use std::io::Write;
+    // SAFETY: a borrow of stderr, open in the process that started this test.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let report = std::fs::File::from(rustix::io::fcntl_dupfd_cloexec(stderr, 10).unwrap());
+    let for_hook = report.try_clone().unwrap();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = writeln!(&for_hook, "{info}");
+        std::process::exit(1);
+    }));
+    for &fd in closed {
+        // SAFETY: closes a standard descriptor of this process; placeholders of the
+        // test's own take the numbers back until each job starts.
+        unsafe { libc::close(fd) };
+    }
+    let containments = [Containment::Auto, Containment::Cgroup(parent)];
+    for path in [Path_::Clone, Path_::Portable, Path_::StdCommand] {
+        for containment in &containments {
+            let n = nonce();
+            let result = run_job(&escaping_script(&n), path, containment.clone(), closed);
+            let case = format!("fds {closed:?} closed, {path:?}, {containment:?}");
+            let left = processes_with(&n);
+            for &pid in &left {
+                // SAFETY: kills a leftover of this test.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            let out = result.unwrap_or_else(|e| panic!("{case}: {e}"));
+            let own = out.lines().find(|l| l.starts_with("0::")).unwrap_or_default();
+            assert!(own.contains("/genbuild-"), "{case}: ran in {out:?}");
+            // Every line is the command's: `ID:CONTROLLERS:PATH`, then "started".
+            let (cgroups, last) = out.trim_end().rsplit_once('\n').unwrap_or_default();
+            let well_formed =
+                |l: &str| l.split(':').count() == 3 && l.split(':').next().unwrap().parse::<u32>().is_ok();
+            assert!(cgroups.lines().all(well_formed) && last == "started", "{case}: {out:?}");
+            assert!(left.is_empty(), "{case}: the daemon outlived the job: {left:?}");
         }
     }
+    let _ = writeln!(&report, "PASSED");
+    std::process::exit(0);
 }
 
 /// Every descriptor this process may still open, taken until dropped.
