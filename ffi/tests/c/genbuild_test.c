@@ -415,7 +415,11 @@ static int show_children(void) {
 
 /* processes_with(marker) once it is 0, or after SETTLE_MS (then they are printed). */
 static int processes_left(const char *marker) {
-  double until = now_ms() + SETTLE_MS;
+  /* Through a nix-daemon (NIX_REMOTE set) the builders are the daemon's children, out
+   * of genbuild's reach: the daemon ends them once their client is gone, later. */
+  const char *remote = getenv("NIX_REMOTE");
+  int daemon = remote != NULL && remote[0] != '\0' && strcmp(remote, "local") != 0;
+  double until = now_ms() + (daemon ? 20000 : SETTLE_MS);
   int n;
   while ((n = processes_with(marker, 0)) != 0 && now_ms() < until) {
     sched_yield();
