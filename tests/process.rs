@@ -959,3 +959,64 @@ fn sigterm_is_sent_again_during_the_grace() {
     assert_eq!(error, Some(JobError::Cancelled(Some(CancelReason::Stopped))));
     assert_none_left(&n, "a command that needed two SIGTERMs");
 }
+
+/// A command past its memory limit is killed at once and says so; one that passes it
+/// during the grace of a cancellation is killed at once too, and the job's error stays
+/// the cancellation's (the usage says the limit was reached).
+#[test]
+fn a_command_past_its_memory_limit_is_killed_at_once_also_in_its_grace() {
+    for containment in containments("a_command_past_its_memory_limit_is_killed_at_once_also_in_its_grace") {
+        let n = nonce();
+        let grow = "x=$(head -c 300000000 /dev/zero | tr '\\0' a)";
+        let script =
+            format!("grow() {{ {grow}; }}; trap grow TERM; echo started; while :; do sleep 0.05 || :; done; : 300.{n}");
+        let mut options = options(&containment, WaitStrategy::Pidfd);
+        options.kill_grace = HANG * 3;
+        let (usage_tx, usage) = crossbeam_channel::bounded(1);
+        let (lines_tx, lines) = crossbeam_channel::unbounded();
+        let mut job = Job::new(
+            move |ctx: &JobContext| {
+                let result = ctx.run_with(sh(&script), &mut |_, line| drop(lines_tx.send(line.to_string())));
+                let _ = usage_tx.send(ctx.usage());
+                result.map(drop)
+            },
+            HANG * 3,
+        )
+        .with_options(options)
+        .with_memory_limit(Some(64 << 20));
+        job.start();
+        wait_line(&lines, "started");
+        let started = Instant::now();
+        job.stop();
+        assert!(started.elapsed() < HANG, "the grace was not cut short: {:?}", started.elapsed());
+        assert_eq!(job.error(), Some(&JobError::Cancelled(Some(CancelReason::Stopped))), "{containment:?}");
+        let usage = usage.recv_timeout(HANG).unwrap().expect("the command's usage");
+        assert!(usage.memory_limit_reached && usage.peak_memory_bytes > 64 << 20, "{usage:?}");
+        assert_none_left(&n, "a command killed for its memory");
+
+        let n = nonce();
+        let script = format!("{grow}; echo never; : 300.{n}");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut job = Job::new(
+            move |ctx: &JobContext| {
+                let _ = tx.send(ctx.run(sh(&script)).map(drop));
+                Ok(())
+            },
+            HANG,
+        )
+        .with_options(options_of(&containment))
+        .with_memory_limit(Some(64 << 20));
+        job.start();
+        job.wait();
+        let error = rx.recv_timeout(HANG).unwrap().unwrap_err();
+        let JobError::MemoryLimit { limit, peak, .. } = &error else { panic!("{containment:?}: {error:?}") };
+        assert_eq!(*limit, 64 << 20);
+        assert!(*peak > 64 << 20, "{error}");
+        assert!(error.to_string().contains("was killed: it reached its memory limit of 64 MiB"), "{error}");
+        assert_none_left(&n, "a command killed for its memory");
+    }
+}
+
+fn options_of(containment: &Containment) -> ProcessOptions {
+    options(containment, WaitStrategy::Pidfd)
+}

@@ -140,11 +140,12 @@ struct Supervisor<'o, 'l> {
 
 impl Supervisor<'_, '_> {
     fn run(mut self) -> Result<CommandOutput, JobError> {
-        let mut cause = Cause::of(self.pump(Some(self.limits.deadline), Phase::Running));
-        if matches!(cause, Cause::Cancelled | Cause::TimedOut | Cause::PollFailed(_))
-            && self.terminate() == Woke::MemoryLimit
-        {
-            cause = Cause::MemoryLimit;
+        let cause = Cause::of(self.pump(Some(self.limits.deadline), Phase::Running));
+        // A command past its memory limit is killed at once; one that passes it during
+        // its grace (cancelled, timed out) too, and keeps its cause.
+        let mut past_the_limit = cause == Cause::MemoryLimit;
+        if matches!(cause, Cause::Cancelled | Cause::TimedOut | Cause::PollFailed(_)) {
+            past_the_limit = self.terminate() == Woke::MemoryLimit;
         }
         self.kill_everything();
         let status = self.reap();
@@ -152,7 +153,7 @@ impl Supervisor<'_, '_> {
             || self.cgroup.as_ref().is_some_and(|cgroup| !cgroup.kill_until_empty(REAP_LIMIT));
         self.drain();
         let oom_killed = self.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
-        let usage = self.usage(cause == Cause::MemoryLimit || oom_killed);
+        let usage = self.usage(past_the_limit || oom_killed);
         self.limits.usage.lock().get_or_insert_with(ResourceUsage::default).add(&usage);
         let (child, cgroup) = (self.child.take(), self.cgroup.take());
         if stuck {
@@ -164,7 +165,8 @@ impl Supervisor<'_, '_> {
         }
         let description = std::mem::take(&mut self.description);
         let output = self.output.finish(&description);
-        if usage.memory_limit_reached && cause != Cause::Cancelled {
+        // Killed for its memory by the watchdog, or by the kernel while it ran.
+        if cause == Cause::MemoryLimit || (cause == Cause::Exited && oom_killed) {
             let limit = self.limits.memory_limit.unwrap_or_default();
             return Err(JobError::MemoryLimit { command: description, limit, peak: usage.peak_memory_bytes });
         }
