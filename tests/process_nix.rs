@@ -46,7 +46,9 @@ fn stop_during_a_cpu_bound_evaluation_returns_at_once_and_leaves_no_nix_process(
         builder.stop();
         let took = started.elapsed();
         eprintln!("{containment:?}: stop() during a CPU-bound evaluation took {took:?}");
-        assert!(took < Duration::from_millis(500), "{containment:?}: stop() took {took:?}");
+        // The evaluation grace is 100 ms, a build's 5 s: the bound tells them apart, with
+        // room for a loaded machine.
+        assert!(took < Duration::from_millis(2500), "{containment:?}: stop() took {took:?}");
         assert!(!Path::new(&format!("/proc/{evaluator}")).exists(), "the evaluator {evaluator} is left");
         assert_no_process(&n);
         assert_eq!(store.generation(&uuid).unwrap().eval_err, "cancelled: stopped");

@@ -113,11 +113,9 @@ fn a_process_that_sigkill_cannot_end_is_handed_to_a_reaper_and_stop_returns() {
         job.stop();
         let took = started.elapsed();
         assert_eq!(job.error(), Some(&JobError::Cancelled(Some(CancelReason::Stopped))));
-        // Grace 0.1 s + reap limit 2 s + pipe grace 0.2 s, and slack for a loaded machine.
-        assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_secs(6),
-            "{containment:?}: stop() took {took:?}"
-        );
+        // It waited the reap limit (2 s) before the reaper took over; the upper bound only
+        // catches a wait for the frozen process itself.
+        assert!(took >= Duration::from_secs(2) && took < HANG, "{containment:?}: stop() took {took:?}");
         assert_eq!(processes_with(&n), [pid], "the frozen process is still there, killed but not dead");
         let logged = warnings().join("\n");
         assert!(logged.contains("did not exit within") && logged.contains("reaper thread"), "{logged}");

@@ -262,12 +262,13 @@ impl Supervisor<'_, '_> {
         }
         // Whoever is still in the group (all there is once the leader exited normally,
         // or born after the first walk): its `setsid` children are below it. Killed
-        // through pidfds as the rest, so that their end is awaited too.
+        // through pidfds as the rest, so that their end is awaited too; but the leader,
+        // whom the reap awaits.
         let members = tree::group_members(leader);
         roots.extend(members.iter().copied());
         let found = tree::descendants(&roots);
         self.known.extend(found);
-        self.known.extend(members);
+        self.known.extend(members.into_iter().filter(|&(member, _)| member != leader));
         let killed = tree::kill_all(&self.known);
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
         // Gone before the job ends, as in a cgroup (a process in uninterruptible sleep
